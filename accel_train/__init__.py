@@ -1,0 +1,22 @@
+"""accel_train: one readable training loop on Hugging Face Accelerate.
+
+    from accel_train import TrainConfig, fit
+    summary = fit(model, train_data, eval_data, loss="cross_entropy", metrics=["accuracy"],
+                  config=TrainConfig(epochs=5, batch_size=64))
+
+The same script runs under `python train.py` and `accelerate launch train.py` on any launch config.
+"""
+
+from .config import TrainConfig, parse_config
+from .errors import UserError
+from .fit import fit
+from .loop import evaluate, train_one_epoch, train_step
+from .metrics import Metric, MetricSet
+from .run import read_metrics, read_summary
+from .task import LOSSES, Output, Task
+
+__version__ = "0.1.0"
+__all__ = [
+    "LOSSES", "Metric", "MetricSet", "Output", "Task", "TrainConfig", "UserError", "evaluate", "fit",
+    "parse_config", "read_metrics", "read_summary", "train_one_epoch", "train_step",
+]

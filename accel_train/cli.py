@@ -1,0 +1,53 @@
+"""The command line: argv -> config -> job -> fit. The only module that reads sys.argv.
+
+    accel-train train --config examples/configs/digits.yaml [--epochs 5 --lr 1e-3 ...]
+    accelerate launch --config_file launch_configs/cpu_ddp.yaml -m accel_train train --config ...
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import EXIT_USER_ERROR, UserError, report
+
+USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
+
+commands:
+  train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
+
+`accel-train train --help` lists every key. Launch on any device with
+  accelerate launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
+"""
+
+
+def train(argv: list[str]) -> dict:
+    """Parse a job config, build the job, and fit it; returns the run summary."""
+    from accelerate.utils import set_seed
+
+    from .config import parse_config
+    from .fit import fit
+    from .jobs import Job
+
+    cfg, job = parse_config(argv, options=Job)
+    set_seed(cfg.seed)  # the model's initial weights depend on the seed only
+    parts = job.build(cfg.seed)
+    summary = fit(parts.model, parts.train_data, parts.eval_data, config=cfg, task=parts.task,
+                  collate_fn=parts.collate_fn, options={"job": job.record()})
+    job.after_fit(summary, summary["run_dir"])
+    return summary
+
+
+COMMANDS = {"train": train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except UserError as error:
+        report(error)
+        return EXIT_USER_ERROR
+    return 0

@@ -1,0 +1,197 @@
+"""The run's configuration: one typed dataclass, read from YAML and overridden on the command line.
+
+`TrainConfig` is what the loop needs to know. jsonargparse turns it into flags (`--lr 3e-4`, `--batch-size 32`),
+reads `--config job.yaml`, checks every value's type and rejects unknown keys; this module only adds the closest
+valid key to that rejection and accepts `--dash-case` as well as `--snake_case` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import UserError, closest
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal[
+    "constant", "step", "multistep", "exponential", "cosine", "plateau", "linear_warmup", "cosine_warmup"
+]
+Precision = Literal["no", "fp16", "bf16"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs; every field is also a command-line flag (`--batch-size 32`)."""
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    name: str = "run"  # names the default run folder runs/<name>-<timestamp>
+    output_dir: str | None = None  # run folder; must be new (or pass --resume to continue the run in it)
+    resume: str | None = None  # checkpoint folder to continue from, or `auto` for the newest in output_dir
+    seed: int = 0  # seeds Python, NumPy, torch and the data order
+
+    # -- length ------------------------------------------------------------------------------------------------
+    epochs: int = 10  # passes over the training data
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when set)
+
+    # -- batches -----------------------------------------------------------------------------------------------
+    batch_size: int = 64  # per device; effective batch = batch_size x processes x grad_accum
+    eval_batch_size: int | None = None  # per device for validation; default batch_size
+    grad_accum: int = 1  # micro-batches per optimizer step
+    num_workers: int = 0  # DataLoader worker processes per training process
+
+    # -- optimizer ---------------------------------------------------------------------------------------------
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # decoupled for adamw; never applied to biases and norm weights
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+
+    # -- learning-rate schedule, counted in optimizer steps ---------------------------------------------------------
+    scheduler: Schedule = "constant"
+    warmup_steps: int = 0  # linear warm-up from 0 (linear_warmup, cosine_warmup)
+    step_size: int = 100  # step: multiply by gamma every step_size steps
+    milestones: list[int] = field(default_factory=list)  # multistep: multiply by gamma at these steps
+    gamma: float = 0.1  # step, multistep, exponential (per step), plateau (factor)
+    min_lr: float = 0.0  # floor of cosine, cosine_warmup and plateau
+    plateau_patience: int = 2  # plateau: epochs without improvement of `monitor` before the LR drops
+
+    # -- gradient clipping (applied once per optimizer step) -------------------------------------------------------
+    max_grad_norm: float | None = None  # clip the global gradient norm to this
+    clip_value: float | None = None  # clip each gradient element to [-v, v]
+
+    # -- devices and precision ---------------------------------------------------------------------------------
+    mixed_precision: Precision | None = None  # no / fp16 / bf16; default: what the launch config says
+    cpu: bool = False  # train on the CPU even when a GPU is present
+    num_threads: int | None = None  # torch threads per process; default: CPU cores / local processes
+    find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
+
+    # -- validation, best checkpoint and logging ---------------------------------------------------------------------
+    monitor: str | None = None  # validation metric that picks the best checkpoint; default accuracy, else loss
+    monitor_mode: Literal["max", "min"] | None = None  # default: min for losses and errors, max otherwise
+    log_every: int = 10  # optimizer steps between logged training lines
+    log_with: list[str] = field(default_factory=list)  # extra Accelerate trackers: tensorboard, wandb, ...
+    progress: bool = True  # progress bar on the main process
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "log_every": self.log_every}
+        if self.eval_batch_size is not None:
+            positive["eval_batch_size"] = self.eval_batch_size
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        for key, value in positive.items():
+            if value < 1:
+                raise UserError(f"{key} must be at least 1 (got {value}). Set --{key.replace('_', '-')} to 1 or more.")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive (got {self.lr}). Set --lr, for example --lr 1e-3.")
+        if self.num_workers < 0 or self.warmup_steps < 0:
+            raise UserError("num_workers and warmup_steps cannot be negative.")
+        if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserError(f"mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+_FLAG = re.compile(r"^--([A-Za-z][\w.-]*)(=.*)?$", re.S)
+
+
+def _snake_flags(argv: list[str]) -> list[str]:
+    """`--batch-size 8` -> `--batch_size 8` (values are left alone)."""
+    out = []
+    for arg in argv:
+        m = _FLAG.match(arg)
+        out.append(f"--{m.group(1).replace('-', '_')}{m.group(2) or ''}" if m else arg)
+    return out
+
+
+def _valid_keys(message: str, extra_keys: list[str]) -> list[str]:
+    """The keys the rejected section accepts: TrainConfig's, or a job class's constructor arguments."""
+    found = re.search(r"class_path '([\w.]+)'", message)
+    if found:
+        import importlib
+        import inspect
+
+        module, _, name = found.group(1).rpartition(".")
+        try:
+            return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        except (ImportError, AttributeError, ValueError):
+            return []
+    return list(CONFIG_KEYS) + extra_keys
+
+
+def _explain(message: str, extra_keys: list[str]) -> str:
+    """Turn jsonargparse's rejection into one line that names the key and the closest valid one."""
+    patterns = (r"does not accept (?:nested )?(?:key|option)s? ['\"]?([\w.]+)", r"[Uu]nrecognized arguments:\s*--([\w.]+)",
+                r"Option '([\w.]+)' is not accepted", r"NestedArg\(key='([\w.]+)'")
+    for pattern in patterns:
+        found = re.search(pattern, message)
+        if found:
+            key = found.group(1).split(".")[-1]
+            return (f"unknown config key `{found.group(1)}`.{closest(key, _valid_keys(message, extra_keys))} "
+                    "Run with --help to list the valid keys.")
+    typed = re.search(r'key "([\w.]+)":\s*(.*)', message, re.S)
+    if typed:
+        return f"bad value for `{typed.group(1)}`: {' '.join(typed.group(2).split())}"
+    return " ".join(message.split())
+
+
+def build_parser(options: type | None = None):
+    """A jsonargparse parser: TrainConfig as top-level flags, plus a script's `options`.
+
+    `options` is either a dataclass (its fields become more top-level flags, as an example script's own
+    `--model` or `--train-file`) or a base class (a `job:` section naming a subclass by `class_path`).
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the keys below.")
+    parser.add_class_arguments(TrainConfig, nested_key=None, fail_untyped=True)
+    if options is not None and dataclasses.is_dataclass(options):
+        parser.add_class_arguments(options, nested_key=None, fail_untyped=True)
+    elif options is not None:
+        parser.add_subclass_arguments(options, "job", required=True)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, options: type | None = None):
+    """Parse `--config FILE` and flags into a TrainConfig (and the script's own options).
+
+    Args:
+        argv: command-line words; default `sys.argv[1:]`. `--batch-size 8` and `--batch_size 8` both work.
+        defaults: a YAML file read before argv (an example's own job file); argv overrides it.
+        options: a dataclass of the script's own flags, or a job base class parsed as the `job:` section.
+
+    Returns:
+        The TrainConfig, or `(TrainConfig, options)` when `options` is given.
+
+    Raises:
+        UserError: an unknown key (naming the closest valid one), a value of the wrong type, a missing file.
+    """
+    argv = _snake_flags(list(sys.argv[1:] if argv is None else argv))
+    if defaults is not None:
+        argv = ["--config", defaults, *argv]
+    parser = build_parser(options)
+    try:
+        built = parser.instantiate(parser.parse_args(argv))
+    except (Exception, SystemExit) as error:  # jsonargparse raises argparse.ArgumentError; --help raises SystemExit(0)
+        if isinstance(error, SystemExit) and not error.code:
+            raise
+        cause = error if isinstance(error, UserError) else error.__cause__ or error.__context__
+        if isinstance(cause, UserError):
+            raise cause from None
+        extra = [] if options is None else ["job"] if not dataclasses.is_dataclass(options) else [
+            f.name for f in dataclasses.fields(options)]
+        raise UserError(_explain(str(error), extra)) from None
+    cfg = TrainConfig(**{key: built[key] for key in CONFIG_KEYS})
+    if options is None:
+        return cfg
+    if dataclasses.is_dataclass(options):
+        return cfg, options(**{f.name: built[f.name] for f in dataclasses.fields(options)})
+    return cfg, built["job"]

@@ -1,0 +1,116 @@
+"""From the launch (environment + TrainConfig) to a checked `Accelerator`, and the plan printed once at start.
+
+Accelerate reads the launch config through environment variables set by `accelerate launch`. A few launches do
+something other than what they ask for, with no warning; each is corrected or refused here:
+
+* a multi-GPU config on a machine without a GPU starts N processes that each train alone: we run real DDP on the
+  CPU over gloo instead, and the plan says so;
+* a `MULTI_CPU` config without an MPI hostfile starts one process instead of N: refused, naming the config to use;
+* fp16 on a CPU silently trains in fp32, FSDP on a CPU silently runs plain DDP: refused;
+* the launcher's `WORLD_SIZE` must equal the processes Accelerate sees, or we refuse.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import TrainConfig
+from .errors import UserError
+
+CPU_DDP_HINT = "accelerate launch --config_file launch_configs/cpu_ddp.yaml ..."
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _has_gpu() -> bool:
+    if torch.cuda.is_available():
+        return True
+    return any(getattr(torch, kind, None) is not None and getattr(torch, kind).is_available()
+               for kind in ("xpu", "mps") if hasattr(getattr(torch, kind, None), "is_available"))
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Give each local process its share of the CPU cores (1 thread each for 2 processes on 2 cores).
+
+    More OpenMP threads than cores busy-wait against each other: measured 5x to 100x slower steps.
+    """
+    if num_threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("ACCELERATE_NUM_PROCESSES", "1")) or 1)
+        num_threads = max(1, cores // max(1, local))
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def check_launch(cfg: TrainConfig) -> tuple[bool, str, list[str]]:
+    """Decide (cpu, precision, notes) for this launch, refusing launches that would not do what they ask."""
+    notes: list[str] = []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gpu = _has_gpu()
+    cpu = cfg.cpu or _env_flag("ACCELERATE_USE_CPU") or not gpu
+    if world > 1 and not gpu and not (cfg.cpu or _env_flag("ACCELERATE_USE_CPU")):
+        notes.append(f"no GPU found: the {world} launched processes train together with DDP on the CPU (gloo)")
+    if (world == 1 and os.environ.get("MASTER_ADDR") and "ACCELERATE_USE_CPU" in os.environ
+            and not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"):
+        raise UserError(
+            "the launch config asks for several processes, but `accelerate launch` started only this one "
+            "(a MULTI_CPU config needs an MPI hostfile). For several processes on one CPU machine use "
+            f"`{CPU_DDP_HINT}`.")
+    precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no") or "no"
+    if precision not in ("no", "fp16", "bf16"):
+        raise UserError(f"mixed precision `{precision}` is not supported here; use no, fp16 or bf16.")
+    if precision == "fp16" and cpu:
+        raise UserError(
+            "fp16 mixed precision needs a GPU: on the CPU it would silently train in fp32. "
+            "Use `--mixed-precision bf16` (real bf16 autocast on the CPU) or `--mixed-precision no`.")
+    if cpu and _env_flag("ACCELERATE_USE_FSDP"):
+        raise UserError(
+            "FSDP needs GPUs: on the CPU Accelerate would silently run plain DDP instead. "
+            f"For several CPU processes use `{CPU_DDP_HINT}`; on a GPU machine use launch_configs/fsdp.yaml.")
+    if cpu and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise UserError(f"DeepSpeed needs GPUs. For several CPU processes use `{CPU_DDP_HINT}`.")
+    return cpu, precision, notes
+
+
+def make_accelerator(cfg: TrainConfig, project_dir: str | None = None, trackers: list | None = None):
+    """Build the Accelerator this launch asks for, after `check_launch`; returns (accelerator, notes)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+
+    cpu, precision, notes = check_launch(cfg)
+    # A second fit() in one process starts from a clean Accelerate state (the process group is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        # Same shuffled order on every process and for any process count: seed + epoch decide it.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # Our schedules count optimizer steps; Accelerate would otherwise step them once per process.
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world:
+        raise UserError(
+            f"the launcher started {world} processes but Accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}); they would train as separate runs. "
+            f"For CPU DDP use `{CPU_DDP_HINT}`.")
+    return accelerator, notes
+
+
+def shutdown(accelerator) -> None:
+    """End trackers and leave the process group together, so no rank aborts at exit."""
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()

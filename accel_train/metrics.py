@@ -1,0 +1,193 @@
+"""Metrics as on-device sums: updated every batch without a host sync, added across processes, read once.
+
+Every metric keeps its state as tensors that add up across batches and processes (counts, sums, a confusion
+matrix). Validation feeds them tensors from `gather_for_metrics`, so each sample counts once and every process
+holds the same totals; training feeds them the local batch and adds the processes' totals at the epoch's end.
+`compute()` is the only place that reads values back to the host.
+
+Names: `accuracy` (multiclass from logits, or binary/multi-label from logits of the targets' shape), `f1`,
+`precision`, `recall` (macro over classes, with per-class precision/recall), `mse`, `mae`. A callable
+`fn(predictions, targets) -> scalar tensor` is averaged over batches, weighted by batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from .errors import UserError, closest
+
+
+class Metric:
+    """Base: `update` adds to tensor state, `compute` turns it into `{name: float}`."""
+
+    def reset(self) -> None:
+        self._state: list[torch.Tensor] | None = None
+
+    def state(self) -> list[torch.Tensor]:
+        return self._state or []
+
+    def load_state(self, state: list[torch.Tensor]) -> None:
+        if self._state is not None:
+            self._state = list(state)
+
+    def _add(self, *values: torch.Tensor) -> None:
+        if self._state is None:
+            self._state = [v.detach().clone() for v in values]
+        else:
+            for total, value in zip(self._state, values):
+                total += value.detach()
+
+
+class Accuracy(Metric):
+    """Top-1 accuracy for class logits `[n, C]` and integer targets `[n]`; element-wise accuracy of
+    thresholded logits (> 0) for binary or multi-label targets of the logits' own shape."""
+
+    def __init__(self, name: str = "accuracy"):
+        self.name = name
+        self.reset()
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        if predictions.dim() == targets.dim() + 1:
+            correct = (predictions.argmax(dim=-1) == targets).sum()
+            total = torch.tensor(targets.numel(), device=targets.device)
+        else:
+            hits = (predictions > 0) == (targets > 0.5)
+            correct, total = hits.sum(), torch.tensor(hits.numel(), device=targets.device)
+        self._add(correct, total)
+
+    def compute(self) -> dict[str, float]:
+        if self._state is None:
+            return {}
+        correct, total = (float(t) for t in self._state)
+        return {self.name: correct / max(total, 1.0)}
+
+
+class ClassReport(Metric):
+    """Macro precision, recall and F1 from a confusion matrix, plus per-class precision and recall.
+
+    Classes that never occur and are never predicted are left out of the macro averages, as scikit-learn does
+    with `labels` restricted to those present.
+    """
+
+    def __init__(self, names: Sequence[str] = ("f1", "precision", "recall"), class_names: Sequence[str] | None = None):
+        self.names = tuple(names)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.reset()
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        classes = predictions.shape[-1]
+        index = targets.long() * classes + predictions.argmax(dim=-1)
+        self._add(torch.bincount(index.flatten(), minlength=classes * classes).reshape(classes, classes))
+
+    def compute(self) -> dict[str, float]:
+        if self._state is None:
+            return {}
+        confusion = self._state[0].double().cpu()
+        true_pos = confusion.diag()
+        predicted, actual = confusion.sum(0), confusion.sum(1)
+        precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
+        recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
+        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                         torch.zeros_like(true_pos))
+        present = (actual > 0) | (predicted > 0)
+        out = {}
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            if name in self.names:
+                out[name] = float(values[present].mean()) if present.any() else 0.0
+        names = self.class_names or [str(i) for i in range(len(true_pos))]
+        for i, label in enumerate(names[: len(true_pos)]):
+            if present[i]:
+                out[f"precision/{label}"] = float(precision[i])
+                out[f"recall/{label}"] = float(recall[i])
+        return out
+
+
+class MeanError(Metric):
+    """Mean squared (`mse`) or absolute (`mae`) error over all elements."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.reset()
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        error = predictions.float().reshape(targets.shape) - targets.float()
+        error = error.square() if self.name == "mse" else error.abs()
+        self._add(error.sum(), torch.tensor(error.numel(), device=error.device))
+
+    def compute(self) -> dict[str, float]:
+        if self._state is None:
+            return {}
+        total, count = (float(t) for t in self._state)
+        return {self.name: total / max(count, 1.0)}
+
+
+class BatchMean(Metric):
+    """A user's `fn(predictions, targets) -> scalar` averaged over batches, weighted by batch size."""
+
+    def __init__(self, fn: Callable, name: str):
+        self.fn, self.name = fn, name
+        self.reset()
+
+    def update(self, predictions, targets) -> None:
+        value = torch.as_tensor(self.fn(predictions, targets)).float()
+        n = len(targets)
+        self._add(value.detach() * n, torch.tensor(float(n), device=value.device))
+
+    def compute(self) -> dict[str, float]:
+        if self._state is None:
+            return {}
+        total, count = (float(t) for t in self._state)
+        return {self.name: total / max(count, 1.0)}
+
+
+BUILTIN = ("accuracy", "f1", "precision", "recall", "mse", "mae")
+
+
+class MetricSet:
+    """The metrics of one split. Built from names, callables and Metric objects."""
+
+    def __init__(self, metrics: Iterable | str | None = None, class_names: Sequence[str] | None = None):
+        specs = [metrics] if isinstance(metrics, str) or callable(metrics) else list(metrics or [])
+        self.metrics: list[Metric] = []
+        report = [s for s in specs if isinstance(s, str) and s in ("f1", "precision", "recall")]
+        if report:
+            self.metrics.append(ClassReport(report, class_names))
+        for spec in specs:
+            if isinstance(spec, Metric):
+                self.metrics.append(spec)
+            elif isinstance(spec, str) and spec in report:
+                continue
+            elif spec == "accuracy":
+                self.metrics.append(Accuracy())
+            elif spec in ("mse", "mae"):
+                self.metrics.append(MeanError(spec))
+            elif isinstance(spec, str):
+                raise UserError(f"unknown metric `{spec}`.{closest(spec, BUILTIN)} Built-in metrics: "
+                                f"{', '.join(BUILTIN)}; or pass a callable fn(predictions, targets).")
+            elif callable(spec):
+                self.metrics.append(BatchMean(spec, getattr(spec, "__name__", "metric")))
+            else:
+                raise UserError(f"a metric must be a name, a callable or a Metric, not {type(spec).__name__}.")
+
+    def reset(self) -> None:
+        for metric in self.metrics:
+            metric.reset()
+
+    def update(self, predictions, targets) -> None:
+        for metric in self.metrics:
+            metric.update(predictions, targets)
+
+    def reduce(self, accelerator) -> None:
+        """Add up every process's totals (training metrics are updated with the local batch only)."""
+        for metric in self.metrics:
+            state = metric.state()
+            if state and accelerator.num_processes > 1:
+                metric.load_state(accelerator.reduce(state, reduction="sum"))
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in self.metrics:
+            out.update(metric.compute())
+        return out

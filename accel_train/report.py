@@ -1,0 +1,149 @@
+"""What the user reads: the training plan printed once at start, the progress bar, one line per epoch and the
+final summary line. Only the main process prints."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import write_json
+from .config import TrainConfig
+from .optim import steps_per_epoch
+
+PACKAGES = ("accel_train", "torch", "accelerate", "transformers", "datasets", "torchvision")
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def precision_in_effect(accelerator) -> str:
+    """The precision the forward pass really runs in: autocast dtype on the device, or fp32."""
+    mode = accelerator.mixed_precision
+    if mode == "fp16":
+        return "fp16 autocast + GradScaler" if accelerator.scaler is not None else "fp16 autocast"
+    if mode == "bf16":
+        return "bf16 autocast"
+    return "fp32"
+
+
+def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int, threads: int,
+             notes: list[str], model) -> dict[str, Any]:
+    """The training plan: everything people get wrong about a launch, computed once."""
+    try:
+        batches = len(train_loader)
+    except TypeError:
+        batches = None
+    try:
+        train_samples = len(train_loader.dataset)
+    except TypeError:
+        train_samples = None
+    warmup = cfg.warmup_steps if cfg.scheduler in ("linear_warmup", "cosine_warmup") else 0
+    return {
+        "device": accelerator.device.type,
+        "distributed_type": accelerator.distributed_type.value,
+        "processes": accelerator.num_processes,
+        "machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", "1")) or 1),
+        "threads_per_process": threads if accelerator.device.type == "cpu" else None,
+        "precision": accelerator.mixed_precision,
+        "precision_in_effect": precision_in_effect(accelerator),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "batch_size_per_device": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "effective_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum,
+        "train_samples": train_samples,
+        "eval_samples": len(eval_loader.dataset) if eval_loader is not None and hasattr(eval_loader.dataset, "__len__") else None,
+        "batches_per_process_per_epoch": batches,
+        "steps_per_epoch": steps_per_epoch(batches, cfg.grad_accum) if batches else None,
+        "total_steps": steps,
+        "warmup_steps": warmup,
+        "optimizer": cfg.optimizer,
+        "scheduler": cfg.scheduler,
+        "notes": notes,
+        "versions": _versions(),
+    }
+
+
+def write(run_dir: Path, plan: dict[str, Any]) -> None:
+    write_json(run_dir / "plan.json", plan)
+
+
+def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str:
+    dev = plan["device"] + (f", {plan['threads_per_process']} thread(s) each" if plan["threads_per_process"] else "")
+    lines = [
+        f"accel_train plan  ->  {run_dir}",
+        f"  processes   {plan['processes']} x {dev} ({plan['distributed_type']})",
+        f"  precision   {plan['precision_in_effect']}",
+        f"  batch       {plan['batch_size_per_device']} per device x {plan['processes']} processes x "
+        f"{plan['grad_accum']} accumulation = {plan['effective_batch']} per optimizer step",
+        f"  steps       {plan['steps_per_epoch'] or '?'} per epoch, {plan['total_steps']} in total"
+        f"{', ' + str(plan['warmup_steps']) + ' warm-up' if plan['warmup_steps'] else ''}"
+        f"  ({plan['optimizer']}, {plan['scheduler']} schedule)",
+        f"  data        {plan['train_samples'] or '?'} train / {plan['eval_samples'] or 0} validation samples; "
+        f"model {plan['trainable_parameters']:,} trainable parameters",
+    ]
+    if resume_from is not None:
+        lines.append(f"  resume      from {resume_from}")
+    lines += [f"  note        {note}" for note in plan["notes"]]
+    return "\n".join(lines)
+
+
+def hparams(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as flat scalars, for trackers that store hyper-parameters."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in cfg.to_dict().items()}
+
+
+class _Quiet:
+    """The progress bar on processes that print nothing."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, **kwargs) -> None: ...
+    def write(self, line: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Lines(_Quiet):
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+
+
+def progress_bar(accelerator, cfg: TrainConfig, total: int, done: int):
+    if not accelerator.is_main_process:
+        return _Quiet()
+    if not cfg.progress:
+        return _Lines()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True, leave=False)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def epoch_line(record: dict[str, Any], epochs: int | None) -> str:
+    keys = [k for k in record if "/" in k and k.count("/") == 1 and not k.startswith(("train/precision/", "val/precision/"))]
+    keys = [k for k in keys if k.split("/")[1] in ("loss", "accuracy", "f1", "mse", "mae", "perplexity")
+            or len(keys) <= 6]
+    body = "  ".join(f"{k} {_fmt(record[k])}" for k in keys)
+    return f"epoch {record['epoch']}{'/' + str(epochs) if epochs else ''}  {body}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    best = (f"best {summary['monitor']} {_fmt(summary['best_metric'])} at epoch {summary['best_epoch']}"
+            if summary["best_metric"] is not None else "no epoch completed")
+    rate = f"{summary['samples_per_s']:.0f} samples/s" if summary["samples_per_s"] else "-"
+    return (f"done: {best}; {summary['wall_time_s']:.1f} s wall, {rate}, {summary['processes']} process(es), "
+            f"{summary['precision']}; run folder {summary['run_dir']}")

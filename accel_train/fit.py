@@ -67,7 +67,7 @@ def fit(
     install_excepthook()
     cfg = config or TrainConfig()
     started = time.perf_counter()
-    threads = set_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     jsonl = JsonlTracker(".")
     accelerator, notes = make_accelerator(cfg, trackers=[jsonl, *cfg.log_with])
     try:
@@ -102,7 +102,7 @@ def fit(
         progress = Progress()
         if resume_from is not None:
             progress = _load_checkpoint(accelerator, resume_from)
-        plan = report.describe(accelerator, cfg, train_loader, eval_loader, steps, threads, notes, model)
+        plan = report.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model)
         if accelerator.is_main_process:
             write_config(run_dir, {**cfg.to_dict(), **_as_dict(options)})
             report.write(run_dir, plan)
@@ -142,7 +142,7 @@ def fit(
             name = f"step_{progress.step:07d}"
             if progress.improved(watched[monitor], mode):
                 progress.best_metric, progress.best_epoch, progress.best_checkpoint = watched[monitor], epoch + 1, name
-            record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
+            record = {"kind": "epoch", "epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
                       **{f"val/{k}": v for k, v in val.items()}, "lr": raw_optimizer.param_groups[0]["lr"]}
             progress.history.append(record)
             accelerator.log(record, step=progress.step)
@@ -216,7 +216,7 @@ def _resolve_monitor(cfg: TrainConfig, task: Task) -> tuple[str, str]:
 
 
 def _log_step(accelerator, bar, meter: Meter, grads: GradientWindow, optimizer, step: int, epoch: int) -> None:
-    values = {"train/loss": meter.interval_loss(), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch + 1}
+    values = {"kind": "step", "train/loss": meter.interval_loss(), "lr": optimizer.param_groups[0]["lr"], "epoch": epoch + 1}
     if grads.norm is not None:
         values["grad_norm"] = float(grads.norm)
     accelerator.log(values, step=step)

@@ -60,6 +60,7 @@ def evaluate(accelerator, model, task: Task, loader) -> dict[str, float]:
     model.eval()
     metrics = task.make_metrics()
     loss_sum = units = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    samples = 0
     for batch in loader:
         out = task(model, batch)
         counts = out.counts if out.counts is not None else torch.ones_like(out.losses)
@@ -68,8 +69,9 @@ def evaluate(accelerator, model, task: Task, loader) -> dict[str, float]:
             (out.losses.detach(), counts, out.predictions, out.targets))
         loss_sum = loss_sum + losses.double().sum()
         units = units + counts.double().sum()
+        samples += len(losses)
         metrics.update(predictions, targets)
-    return {"loss": float(loss_sum / units.clamp(min=1)), **metrics.compute()}
+    return {"loss": float(loss_sum / units.clamp(min=1)), **metrics.compute(), "samples": samples}
 
 
 class GradientWindow:

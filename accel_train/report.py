@@ -38,7 +38,7 @@ def precision_in_effect(accelerator) -> str:
     return "fp32"
 
 
-def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int, threads: int,
+def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int,
              notes: list[str], model) -> dict[str, Any]:
     """The training plan: everything people get wrong about a launch, computed once."""
     try:
@@ -55,7 +55,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "distributed_type": accelerator.distributed_type.value,
         "processes": accelerator.num_processes,
         "machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", "1")) or 1),
-        "threads_per_process": threads if accelerator.device.type == "cpu" else None,
+        "threads_per_process": torch.get_num_threads() if accelerator.device.type == "cpu" else None,
         "precision": accelerator.mixed_precision,
         "precision_in_effect": precision_in_effect(accelerator),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -134,9 +134,7 @@ def _fmt(value: Any) -> str:
 
 
 def epoch_line(record: dict[str, Any], epochs: int | None) -> str:
-    keys = [k for k in record if "/" in k and k.count("/") == 1 and not k.startswith(("train/precision/", "val/precision/"))]
-    keys = [k for k in keys if k.split("/")[1] in ("loss", "accuracy", "f1", "mse", "mae", "perplexity")
-            or len(keys) <= 6]
+    keys = [k for k in record if k.count("/") == 1 and not k.endswith("/samples")]
     body = "  ".join(f"{k} {_fmt(record[k])}" for k in keys)
     return f"epoch {record['epoch']}{'/' + str(epochs) if epochs else ''}  {body}"
 

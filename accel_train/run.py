@@ -2,7 +2,7 @@
 
     config.yaml       the resolved configuration
     plan.json         devices, processes, precision in effect, batches, steps, package versions
-    metrics.jsonl     one JSON line per logging step and per epoch (an Accelerate tracker)
+    metrics.jsonl     one JSON line per logging step ("kind": "step") and per epoch ("kind": "epoch")
     checkpoints/      save_state checkpoints (see checkpoint.py)
     model.safetensors the final weights
     summary.json      best epoch and metric, final metrics, wall time, samples/s, processes, precision

@@ -28,21 +28,27 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(1) if values.dim() > 1 else values
 
 
+def _full(values: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 outputs of autocast are upcast for the loss; fp32 and fp64 stay as they are."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     try:
-        return _per_sample(F.cross_entropy(logits.float(), targets, reduction="none"))
+        return _per_sample(F.cross_entropy(_full(logits), targets, reduction="none"))
     except IndexError:  # CPU: "Target 12 is out of bounds"
         check_labels(targets, logits.shape[1])
         raise
 
 
 def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return _per_sample(F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none"))
+    return _per_sample(F.binary_cross_entropy_with_logits(_full(logits), targets.to(_full(logits).dtype), reduction="none"))
 
 
 def _regression(fn: Callable) -> Callable:
     def loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _per_sample(fn(predictions.float().reshape(targets.shape), targets.float(), reduction="none"))
+        predictions = _full(predictions).reshape(targets.shape)
+        return _per_sample(fn(predictions, targets.to(predictions.dtype), reduction="none"))
     return loss
 
 

@@ -70,7 +70,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
 
     # -- validation, best checkpoint and logging ---------------------------------------------------------------------
-    monitor: str | None = None  # validation metric that picks the best checkpoint; default accuracy, else loss
+    monitor: str | None = None  # validation metric picking the best checkpoint; default: the first metric, else loss
     monitor_mode: Literal["max", "min"] | None = None  # default: min for losses and errors, max otherwise
     log_every: int = 10  # optimizer steps between logged training lines
     log_with: list[str] = field(default_factory=list)  # extra Accelerate trackers: tensorboard, wandb, ...

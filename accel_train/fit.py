@@ -210,7 +210,7 @@ def _load_checkpoint(accelerator, path: Path) -> Progress:
 def _resolve_monitor(cfg: TrainConfig, task: Task) -> tuple[str, str]:
     specs = task.metric_specs
     names = [specs] if isinstance(specs, str) else [s for s in (specs or []) if isinstance(s, str)]
-    monitor = cfg.monitor or ("accuracy" if "accuracy" in names else "loss")
+    monitor = cfg.monitor or (names[0] if names else "loss")
     mode = cfg.monitor_mode or ("min" if monitor.endswith(LOWER_IS_BETTER) else "max")
     return monitor, mode
 

@@ -34,8 +34,8 @@ def cifar10_splits(root: str, download: bool = False, augment: bool = True):
         train = datasets.CIFAR10(root, train=True, download=download, transform=transforms.Compose(train_tf + normalize))
         test = datasets.CIFAR10(root, train=False, download=download, transform=transforms.Compose(normalize))
     except RuntimeError as error:
-        raise UserError(f"CIFAR-10 not found under {root} ({error}). Pass --job.download true to fetch it, or "
-                        "--job.root to the folder holding cifar-10-batches-py/.") from None
+        raise UserError(f"CIFAR-10 not found under {root} ({error}). Set download to true to fetch it (needs a "
+                        "network), or root to the folder holding cifar-10-batches-py/.") from None
     return train, test
 
 

@@ -1,0 +1,81 @@
+"""The typed config: YAML + flags through jsonargparse, with clear rejections."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from accel_train import TrainConfig, UserError, parse_config
+from accel_train.jobs import Digits, Job
+from conftest import REPO
+
+DIGITS = str(REPO / "examples" / "configs" / "digits.yaml")
+
+
+def test_yaml_then_flags_override():
+    cfg, job = parse_config(["--config", DIGITS, "--epochs", "3", "--batch-size", "8", "--job.channels", "16",
+                             "--milestones", "[10, 20]", "--mixed_precision=bf16"], options=Job)
+    assert isinstance(cfg, TrainConfig) and isinstance(job, Digits)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.mixed_precision) == (3, 8, 0.003, [10, 20], "bf16")
+    assert job.channels == 16 and job.val_fraction == 0.2
+    assert job.record() == {"class_path": "accel_train.jobs.digits.Digits",
+                            "init_args": {"val_fraction": 0.2, "channels": 16}}
+
+
+def test_unknown_flag_names_closest_key():
+    with pytest.raises(UserError, match=r"unknown config key `bach_size`.*Did you mean `batch_size`"):
+        parse_config(["--bach-size", "8"])
+
+
+def test_unknown_yaml_key_names_closest_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 2, "warmup_step": 10}))
+    with pytest.raises(UserError, match=r"`warmup_step`.*Did you mean `warmup_steps`"):
+        parse_config(["--config", str(path)])
+
+
+def test_unknown_job_option_names_closest_option():
+    with pytest.raises(UserError, match=r"`chanels`.*Did you mean `channels`"):
+        parse_config(["--config", DIGITS, "--job.chanels", "8"], options=Job)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(UserError, match=r"bad value for `epochs`.*three"):
+        parse_config(["--epochs", "three"])
+    with pytest.raises(UserError, match="mixed_precision"):
+        parse_config(["--mixed-precision", "fp8"])
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--grad-accum", "0"), ("--epochs", "0"),
+                                        ("--lr", "0")])
+def test_out_of_range_values(flag, value):
+    with pytest.raises(UserError, match=flag.lstrip("-").replace("-", "_")):
+        parse_config([flag, value])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="nope.yaml"):
+        parse_config(["--config", "nope.yaml"])
+
+
+def test_script_options_are_flat_flags():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Opts:
+        model: str = "m"
+        train_file: str | None = None
+
+    cfg, opts = parse_config(["--train-file", "a.csv", "--lr", "0.1"], options=Opts)
+    assert opts.train_file == "a.csv" and opts.model == "m" and cfg.lr == 0.1
+
+
+def test_every_example_config_parses():
+    for path in (REPO / "examples" / "configs").glob("*.yaml"):
+        text = path.read_text()
+        if "class_path" in text:
+            cfg, job = parse_config(["--config", str(path)], options=Job)
+            assert isinstance(job, Job), path
+        else:
+            cfg = parse_config(["--config", str(path)])
+        assert cfg.epochs >= 1 or cfg.max_steps, path

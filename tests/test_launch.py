@@ -1,0 +1,74 @@
+"""Launch configs: each loads with Accelerate's own loader; launches that would not do what they ask are refused
+with one clear line, a non-zero exit, and no training."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONFIGS, REPO, launch, run_python
+
+MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
+DIGITS = ["-m", "accel_train", "train", "--config", "examples/configs/digits.yaml", "--epochs", "1",
+          "--progress", "false"]
+
+
+def test_every_launch_config_loads_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(MODES)
+    expected = {"cpu": ("NO", 1), "cpu_ddp": ("MULTI_GPU", 2), "multi_node": ("MULTI_GPU", 2),
+                "fsdp": ("FSDP", 2), "deepspeed": ("DEEPSPEED", 2), "fp16": ("NO", 1)}
+    for mode in MODES:
+        config = load_config_from_file(str(CONFIGS / f"{mode}.yaml"))
+        assert config.compute_environment.value == "LOCAL_MACHINE", mode
+        if mode in expected:
+            assert (config.distributed_type.value, config.num_processes) == expected[mode], mode
+    assert load_config_from_file(str(CONFIGS / "fp16.yaml")).mixed_precision == "fp16"
+    assert load_config_from_file(str(CONFIGS / "multi_node.yaml")).num_machines == 2
+
+
+def _refused(proc, message: str) -> None:
+    assert proc.returncode != 0
+    assert f"accel_train: error: " in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("accel_train: error:") == 1, "one message, from rank 0 only"
+    assert "done:" not in proc.stdout
+
+
+@pytest.mark.multiprocess
+def test_fp16_on_cpu_is_refused(tmp_path):
+    _refused(launch(DIGITS + ["--output-dir", str(tmp_path / "r")], config="fp16.yaml"),
+             "fp16 mixed precision needs a GPU")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+@pytest.mark.multiprocess
+def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path):
+    _refused(launch(DIGITS + ["--output-dir", str(tmp_path / "r")], config="fsdp.yaml"), "FSDP needs GPUs")
+
+
+@pytest.mark.multiprocess
+def test_multi_cpu_config_that_starts_one_process_is_refused(tmp_path):
+    """MULTI_CPU, num_processes 2, no hostfile: the launcher starts one process; we refuse to train alone."""
+    config = tmp_path / "multi_cpu.yaml"
+    config.write_text((CONFIGS / "cpu_ddp.yaml").read_text().replace("distributed_type: MULTI_GPU",
+                                                                      "distributed_type: MULTI_CPU"))
+    proc = launch(DIGITS + ["--output-dir", str(tmp_path / "r")], config=str(config))
+    _refused(proc, "started only this one")
+    assert "cpu_ddp.yaml" in proc.stderr
+
+
+@pytest.mark.multiprocess
+def test_user_error_under_the_launcher_is_one_line(tmp_path):
+    proc = launch(DIGITS + ["--output-dir", str(tmp_path / "r"), "--lerning-rate", "0.1"])
+    _refused(proc, "unknown config key `lerning_rate`")
+    assert "Traceback" not in proc.stderr.split("accel_train: error:")[0]
+
+
+def test_console_script_bad_key_exits_2_without_traceback(tmp_path):
+    proc = run_python(["-m", "accel_train", "train", "--config", str(REPO / "examples/configs/digits.yaml"),
+                       "--bach-size", "8"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("accel_train: error: unknown config key `bach_size`.")
+    assert "Traceback" not in proc.stderr and "Did you mean `batch_size`?" in proc.stderr
+    proc = run_python(["-m", "accel_train", "train", "--help"])
+    assert proc.returncode == 0 and "--grad_accum" in proc.stdout and "--job" in proc.stdout

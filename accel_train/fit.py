@@ -21,6 +21,7 @@ from .launch import make_accelerator, set_threads, shutdown
 from .loop import GradientWindow, Meter, evaluate, train_one_epoch
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .run import JsonlTracker, check_run_dir, default_run_dir, write_config, write_summary
+from .speed import trim_optimizer_overhead
 from .task import Task
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity", "error")
@@ -85,6 +86,7 @@ def fit(
             num_workers=cfg.num_workers, split="validation")
         optimizer = optimizer or build_optimizer(cfg, model)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        trim_optimizer_overhead(optimizer)
         batches = batches_per_process(train_loader)
         if batches == 0:
             raise UserError("the training data gives no batch on this process: use fewer processes or more data.")

@@ -87,6 +87,7 @@ class GradientWindow:
                  allow_unused: bool = False):
         self.accelerator = accelerator
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
         self.max_grad_norm, self.clip_value = max_grad_norm, clip_value
         self.sums_loss = accelerator.distributed_type.value != "DEEPSPEED"  # DeepSpeed owns its gradients
         self.units: torch.Tensor | int = 0
@@ -103,19 +104,23 @@ class GradientWindow:
         if not self.checked:
             self._check_unused()
         if self.sums_loss:
-            total = torch.as_tensor(self.units, device=self.accelerator.device, dtype=torch.float32)
-            if self.accelerator.num_processes > 1:
-                total = self.accelerator.reduce(total, reduction="sum")
             # DDP averaged over processes and Accelerate divided by grad_accum: undo both, divide by the units.
-            scale = (self.accelerator.num_processes * self.accelerator.gradient_accumulation_steps) / total.clamp(min=1)
+            factor = self.accelerator.num_processes * self.accelerator.gradient_accumulation_steps
+            if self.accelerator.num_processes > 1 or isinstance(self.units, torch.Tensor):
+                total = torch.as_tensor(self.units, device=self.accelerator.device, dtype=torch.float32)
+                if self.accelerator.num_processes > 1:
+                    total = self.accelerator.reduce(total, reduction="sum")
+                scale = factor / total.clamp(min=1)
+            else:  # one process, units counted on the host: no tensor work
+                scale = factor / max(self.units, 1)
             grads = [p.grad for _, p in self.named if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, scale)
         self.units = 0
         if self.max_grad_norm:
-            self.norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
         elif self.clip_value:
-            self.accelerator.clip_grad_value_(model.parameters(), self.clip_value)
+            self.accelerator.clip_grad_value_(self.params, self.clip_value)
 
     def _check_unused(self) -> None:
         from .errors import UserError
@@ -134,43 +139,44 @@ class GradientWindow:
 
 
 class Meter:
-    """Training loss, sample count and metrics, summed on the device; read at the logging interval."""
+    """Training loss, loss units, samples and metrics of one epoch, summed on the device; read at log time."""
 
     def __init__(self, accelerator, metrics: MetricSet):
         self.accelerator, self.metrics = accelerator, metrics
         self.reset()
 
     def reset(self) -> None:
-        zero = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)
-        self.loss = self.units = self.window_loss = self.window_units = zero
+        self.loss = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)
+        self.units: torch.Tensor | int = 0
         self.samples = 0
+        self.logged = (0.0, 0.0)  # (loss, units) over all processes at the last interval_loss()
         self.metrics.reset()
 
     def update(self, out: Output, loss: torch.Tensor, count, valid: int | None) -> None:
-        loss = loss.detach()
-        self.loss, self.window_loss = self.loss + loss, self.window_loss + loss
-        self.units, self.window_units = self.units + count, self.window_units + count
+        self.loss.add_(loss.detach())
+        self.units = self.units + count
         self.samples += len(out.losses) if valid is None else valid
         if self.metrics.metrics:
             with torch.no_grad():
                 self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
 
-    def interval_loss(self) -> float:
-        """Mean loss since the last call, averaged over processes; one host read."""
-        both = torch.stack([self.window_loss, self.window_units.double()])
+    def _totals(self) -> list[float]:
+        """(loss, units, samples) summed over processes: one host read."""
+        totals = torch.stack([self.loss, torch.as_tensor(self.units, device=self.loss.device).double(),
+                              torch.tensor(float(self.samples), device=self.loss.device, dtype=torch.float64)])
         if self.accelerator.num_processes > 1:
-            both = self.accelerator.reduce(both, reduction="sum")
-        self.window_loss = self.window_units = torch.zeros_like(self.window_loss)
-        loss, units = both.tolist()
-        return loss / max(units, 1.0)
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        return totals.tolist()
+
+    def interval_loss(self) -> float:
+        """Mean loss per unit since the previous call, over all processes."""
+        loss, units, _ = self._totals()
+        (last_loss, last_units), self.logged = self.logged, (loss, units)
+        return (loss - last_loss) / max(units - last_units, 1.0)
 
     def compute(self) -> dict[str, float]:
-        """The epoch's loss and metrics over all processes (training samples, so padding repeats are dropped)."""
-        both = torch.stack([self.loss, torch.as_tensor(self.units, device=self.loss.device).double(),
-                            torch.tensor(float(self.samples), device=self.loss.device, dtype=torch.float64)])
-        if self.accelerator.num_processes > 1:
-            both = self.accelerator.reduce(both, reduction="sum")
-            self.metrics.reduce(self.accelerator)
-        loss, units, samples = both.tolist()
+        """The epoch's loss and metrics over all processes; sets `samples` to the all-process count."""
+        loss, units, samples = self._totals()
+        self.metrics.reduce(self.accelerator)
         self.samples = int(samples)
         return {"loss": loss / max(units, 1.0), **self.metrics.compute()}

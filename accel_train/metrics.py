@@ -37,7 +37,7 @@ class Metric:
             self._state = [v.detach().clone() for v in values]
         else:
             for total, value in zip(self._state, values):
-                total += value.detach()
+                total.add_(value.detach())
 
 
 class Accuracy(Metric):
@@ -48,20 +48,31 @@ class Accuracy(Metric):
         self.name = name
         self.reset()
 
+    def reset(self) -> None:
+        self.correct: torch.Tensor | None = None
+        self.total = 0  # known on the host from shapes: no device work
+
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
         if predictions.dim() == targets.dim() + 1:
             correct = (predictions.argmax(dim=-1) == targets).sum()
-            total = torch.tensor(targets.numel(), device=targets.device)
         else:
-            hits = (predictions > 0) == (targets > 0.5)
-            correct, total = hits.sum(), torch.tensor(hits.numel(), device=targets.device)
-        self._add(correct, total)
+            correct = ((predictions > 0) == (targets > 0.5)).sum()
+        self.total += targets.numel()
+        self.correct = correct if self.correct is None else self.correct.add_(correct)
+
+    def state(self) -> list[torch.Tensor]:
+        if self.correct is None:
+            return []
+        return [self.correct, torch.tensor(self.total, device=self.correct.device)]
+
+    def load_state(self, state: list[torch.Tensor]) -> None:
+        if state:
+            self.correct, self.total = state[0], int(state[1])
 
     def compute(self) -> dict[str, float]:
-        if self._state is None:
+        if self.correct is None:
             return {}
-        correct, total = (float(t) for t in self._state)
-        return {self.name: correct / max(total, 1.0)}
+        return {self.name: float(self.correct) / max(self.total, 1)}
 
 
 class ClassReport(Metric):

@@ -39,6 +39,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     collate_fn: Callable | None = None,
+    processor: Any = None,
     options: Any = None,
 ) -> dict[str, Any]:
     """Train `model` on `train_data`, validating on `eval_data` after every epoch.
@@ -57,6 +58,7 @@ def fit(
         optimizer, scheduler: your own, instead of the ones `config` describes; the scheduler is stepped once
             per optimizer step.
         collate_fn: merges samples into a batch (for example transformers' `DataCollatorWithPadding`).
+        processor: a tokenizer or processor saved with the final model (`<run>/model/`, `save_pretrained`).
         options: extra settings to record in the run folder's `config.yaml` (a dataclass or dict).
 
     Returns:
@@ -98,7 +100,7 @@ def fit(
         plateau = build_plateau(cfg, raw_optimizer, mode)
         scheduler, plateau = accelerator.prepare(scheduler, plateau)
         grads = GradientWindow(accelerator, model, cfg.max_grad_norm, cfg.clip_value, cfg.find_unused_parameters)
-        meter = Meter(accelerator, task.make_metrics())
+        meter = Meter(accelerator, task.make_metrics("train"))
         task.dataset_labels = dataset_labels(train_data)  # checked against the model's outputs at step 1
 
         progress = Progress()
@@ -164,6 +166,7 @@ def fit(
         }
         accelerator.wait_for_everyone()
         accelerator.save_model(model, str(run_dir), safe_serialization=True)
+        _export_pretrained(accelerator, model, processor, run_dir / "model")
         if accelerator.is_main_process:
             write_summary(run_dir, summary)
         accelerator.print(report.summary_line(summary))
@@ -215,6 +218,20 @@ def _resolve_monitor(cfg: TrainConfig, task: Task) -> tuple[str, str]:
     monitor = cfg.monitor or (names[0] if names else "loss")
     mode = cfg.monitor_mode or ("min" if monitor.endswith(LOWER_IS_BETTER) else "max")
     return monitor, mode
+
+
+def _export_pretrained(accelerator, model, processor: Any, folder: Path) -> None:
+    """Hugging Face models (and their tokenizer/processor) also go out as `save_pretrained` output, loadable with
+    the model class's own `from_pretrained`."""
+    unwrapped = accelerator.unwrap_model(model)
+    if not hasattr(unwrapped, "save_pretrained"):
+        return
+    state = accelerator.get_state_dict(model)  # every process takes part (sharded models gather here)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(folder)
+    accelerator.wait_for_everyone()
 
 
 def _log_step(accelerator, bar, meter: Meter, grads: GradientWindow, optimizer, step: int, epoch: int) -> None:

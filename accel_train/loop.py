@@ -65,12 +65,12 @@ def evaluate(accelerator, model, task: Task, loader) -> dict[str, float]:
         out = task(model, batch)
         counts = out.counts if out.counts is not None else torch.ones_like(out.losses)
         # gather_for_metrics drops the samples Accelerate repeated to even out the last batch
-        losses, counts, predictions, targets = accelerator.gather_for_metrics(
-            (out.losses.detach(), counts, out.predictions, out.targets))
+        losses, counts = accelerator.gather_for_metrics((out.losses.detach(), counts))
         loss_sum = loss_sum + losses.double().sum()
         units = units + counts.double().sum()
         samples += len(losses)
-        metrics.update(predictions, targets)
+        if metrics.metrics:
+            metrics.update(*accelerator.gather_for_metrics((out.predictions, out.targets)))
     return {"loss": float(loss_sum / units.clamp(min=1)), **metrics.compute(), "samples": samples}
 
 

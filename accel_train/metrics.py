@@ -12,6 +12,7 @@ Names: `accuracy` (multiclass from logits, or binary/multi-label from logits of 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -20,7 +21,14 @@ from .errors import UserError, closest
 
 
 class Metric:
-    """Base: `update` adds to tensor state, `compute` turns it into `{name: float}`."""
+    """Base: `update` adds to tensor state, `compute` turns it into `{name: float}`.
+
+    Subclass it for metrics the names do not cover. `state()`/`load_state()` expose tensors that add up across
+    processes (used for training metrics); a metric that cannot be added up, or is too costly to compute on
+    training batches (retrieval over all embeddings), sets `train = False` and is computed on validation only.
+    """
+
+    train = True
 
     def reset(self) -> None:
         self._state: list[torch.Tensor] | None = None
@@ -159,15 +167,18 @@ BUILTIN = ("accuracy", "f1", "precision", "recall", "mse", "mae")
 class MetricSet:
     """The metrics of one split. Built from names, callables and Metric objects."""
 
-    def __init__(self, metrics: Iterable | str | None = None, class_names: Sequence[str] | None = None):
-        specs = [metrics] if isinstance(metrics, str) or callable(metrics) else list(metrics or [])
+    def __init__(self, metrics: Iterable | str | None = None, class_names: Sequence[str] | None = None,
+                 split: str = "eval"):
+        single = isinstance(metrics, (str, Metric)) or callable(metrics)
+        specs = [metrics] if single else list(metrics or [])
         self.metrics: list[Metric] = []
         report = [s for s in specs if isinstance(s, str) and s in ("f1", "precision", "recall")]
         if report:
             self.metrics.append(ClassReport(report, class_names))
         for spec in specs:
             if isinstance(spec, Metric):
-                self.metrics.append(spec)
+                if split != "train" or spec.train:
+                    self.metrics.append(copy.deepcopy(spec))  # each split and run gets fresh state
             elif isinstance(spec, str) and spec in report:
                 continue
             elif spec == "accuracy":

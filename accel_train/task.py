@@ -123,8 +123,9 @@ class Task:
         self.dataset_labels: torch.Tensor | None = None  # all training labels, when readable: checked at step 1
         self.checked = False
 
-    def make_metrics(self) -> MetricSet:
-        return MetricSet(self.metric_specs, self.class_names)
+    def make_metrics(self, split: str = "eval") -> MetricSet:
+        """Fresh metrics for `split` ("train" leaves out metrics marked `train = False`)."""
+        return MetricSet(self.metric_specs, self.class_names, split=split)
 
     def forward(self, model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
         """Call the model on the batch's inputs; return (model output, targets)."""

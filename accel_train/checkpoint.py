@@ -1,10 +1,12 @@
 """The run's progress as a state object, and checkpoints that are either complete or invisible.
 
-A checkpoint is `accelerator.save_state` (model, optimizer, schedulers, grad scaler, every process's RNG) plus
-`progress.json` (this module's `Progress`). It is written into `checkpoints/.tmp-<name>/` by every process, then
-the main process writes a `COMPLETE` marker and renames the folder into place: a kill mid-save leaves only a
-temporary folder that resuming ignores. One writer per file; the temporary and final folders share a parent, so
-the rename stays on one filesystem.
+A checkpoint is `accelerator.save_state` (model, optimizer, schedulers, grad scaler, every process's RNG and
+Accelerate's step counter) plus `progress.json` (this module's `Progress`: epoch, step, position in the epoch,
+best metric, early-stopping state) and each process's running epoch sums (`meter_<rank>.safetensors`). It is
+written into `checkpoints/.tmp-<name>/` by every process, then the main process writes a `COMPLETE` marker and
+renames the folder into place: a kill mid-save leaves only a temporary folder that resuming ignores. One writer
+per file; the temporary and final folders share a parent, so the rename stays on one filesystem. Everything is
+loaded back with safetensors, JSON or `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from .errors import UserError
 
@@ -27,16 +32,22 @@ class Progress:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
-    samples: int = 0  # training samples seen (all processes)
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained (per process)
+    samples: int = 0  # training samples seen in completed epochs (all processes)
+    train_time_s: float = 0.0  # time spent in training loops, over every resumed part of the run
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm
     best_metric: float | None = None
     best_epoch: int | None = None
     best_checkpoint: str | None = None
+    bad_epochs: int = 0  # epochs since `monitor` last improved by min_delta (early stopping)
     history: list[dict] = field(default_factory=list)  # per-epoch train/val metrics
 
-    def improved(self, value: float, mode: str) -> bool:
+    def improved(self, value: float, mode: str, min_delta: float = 0.0) -> bool:
+        if value != value:  # NaN never improves
+            return False
         if self.best_metric is None:
             return True
-        return value > self.best_metric if mode == "max" else value < self.best_metric
+        return value > self.best_metric + min_delta if mode == "max" else value < self.best_metric - min_delta
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,13 +97,20 @@ class Checkpointer:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
 
-    def save(self, accelerator, progress: Progress, name: str) -> Path:
+    def save(self, accelerator, progress: Progress, name: str, model, meter) -> Path:
+        """Write checkpoint `name` (complete, or not at all); refuse non-finite weights."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise UserError(f"the weights are not finite at step {progress.step}: not saved, so the latest "
+                            "checkpoint keeps the last good weights. Use --nonfinite skip or stop, lower --lr.")
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        from safetensors.torch import save_file
+
+        save_file(meter.state_dict(), str(tmp / f"meter_{accelerator.process_index}.safetensors"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json(tmp / PROGRESS, asdict(progress))
@@ -120,6 +138,55 @@ class Checkpointer:
     def latest(self) -> Path | None:
         complete = complete_checkpoints(self.root)
         return complete[-1] if complete else None
+
+
+def load_meter(path: Path, meter, process_index: int) -> None:
+    from safetensors.torch import load_file
+
+    file = path / f"meter_{process_index}.safetensors"
+    if file.is_file():
+        meter.load_state_dict(load_file(str(file)))
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop logged lines past the checkpoint's step: the resumed run logs them again, so steps only increase."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT (preemption, Ctrl-C) ask the run to checkpoint at the next step boundary and exit 0."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, at_step: int | None = None):
+        self.at_step, self.signal, self.step, self._previous = at_step, None, 0, {}
+
+    def __call__(self) -> bool:
+        # asked while finishing optimizer step `self.step + 1`
+        return self.signal is not None or (self.at_step is not None and self.step + 1 >= self.at_step)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        try:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def reason(self) -> str:
+        return self.signal or f"--stop-at-step {self.at_step}"
 
 
 def resolve_resume(resume: str | None, run_dir: Path | None) -> Path | None:

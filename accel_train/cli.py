@@ -11,17 +11,19 @@ import sys
 from .errors import EXIT_USER_ERROR, UserError, report
 
 USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
+       accel-train verify --config JOB.yaml [--launch-config launch_configs/cpu_ddp.yaml] [--steps 8]
 
 commands:
   train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
+  verify   prove on your job: N processes == 1 process, resumed == uninterrupted, precision in effect
 
 `accel-train train --help` lists every key. Launch on any device with
   accelerate launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
 """
 
 
-def train(argv: list[str]) -> dict:
-    """Parse a job config, build the job, and fit it; returns the run summary."""
+def train(argv: list[str]) -> int:
+    """Parse a job config, build the job, and fit it."""
     from accelerate.utils import set_seed
 
     from .config import parse_config
@@ -34,10 +36,16 @@ def train(argv: list[str]) -> dict:
     summary = fit(parts.model, parts.train_data, parts.eval_data, config=cfg, task=parts.task,
                   collate_fn=parts.collate_fn, options={"job": job.record()})
     job.after_fit(summary, summary["run_dir"])
-    return summary
+    return 0
 
 
-COMMANDS = {"train": train}
+def verify(argv: list[str]) -> int:
+    from .verify import main as verify_main
+
+    return verify_main(argv)
+
+
+COMMANDS = {"train": train, "verify": verify}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR
     try:
-        COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]](argv[1:])
     except UserError as error:
         report(error)
         return EXIT_USER_ERROR
-    return 0

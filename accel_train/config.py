@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import UserError, closest
+from .errors import UserError, closest, install_excepthook
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal[
@@ -69,6 +69,15 @@ class TrainConfig:
     num_threads: int | None = None  # torch threads per process; default: CPU cores / local processes
     find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
 
+    # -- checkpoints and recovery ---------------------------------------------------------------------------------
+    checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch); always each epoch
+    keep_checkpoints: int = 1  # newest complete checkpoints kept; the best one is kept as well
+    stop_at_step: int | None = None  # checkpoint and exit 0 after this optimizer step, as on SIGTERM; resume later
+    early_stopping: int | None = None  # stop after this many epochs without `monitor` improving by min_delta
+    min_delta: float = 0.0  # improvement of `monitor` that resets early stopping
+    restore_best: bool = False  # end with the best checkpoint's weights: model.safetensors is then the best
+    nonfinite: Literal["skip", "stop", "off"] = "skip"  # NaN/inf loss or gradient norm: skip that step, or stop
+
     # -- validation, best checkpoint and logging ---------------------------------------------------------------------
     monitor: str | None = None  # validation metric picking the best checkpoint; default: the first metric, else loss
     monitor_mode: Literal["max", "min"] | None = None  # default: min for losses and errors, max otherwise
@@ -78,7 +87,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "log_every": self.log_every}
+                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
+        for key in ("checkpoint_every", "stop_at_step", "early_stopping"):
+            if getattr(self, key) is not None:
+                positive[key] = getattr(self, key)
         if self.eval_batch_size is not None:
             positive["eval_batch_size"] = self.eval_batch_size
         if self.max_steps is not None:
@@ -174,6 +186,7 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     Raises:
         UserError: an unknown key (naming the closest valid one), a value of the wrong type, a missing file.
     """
+    install_excepthook()  # a script's mistake in flags or data then prints one line, before fit() is reached
     argv = _snake_flags(list(sys.argv[1:] if argv is None else argv))
     if defaults is not None:
         argv = ["--config", defaults, *argv]

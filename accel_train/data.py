@@ -16,8 +16,12 @@ def _is_hf_dataset(data: Any) -> bool:
 
 
 def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, num_workers: int = 0,
-                split: str = "train") -> DataLoader:
-    """A DataLoader over `data` (returned as is when it is one already)."""
+                split: str = "train", seed: int = 0) -> DataLoader:
+    """A DataLoader over `data` (returned as is when it is one already).
+
+    The loader gets its own random generator, so that starting an iterator never draws from the global RNG
+    (which dropout uses): a run resumed mid-epoch then continues with the same random numbers.
+    """
     if isinstance(data, DataLoader):
         return data
     if data is None or not (isinstance(data, (Dataset, IterableDataset)) or _is_hf_dataset(data)
@@ -38,6 +42,7 @@ def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, n
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -49,17 +54,42 @@ def batches_per_process(loader) -> int | None:
         return None
 
 
-def real_samples(loader, num_processes: int, process_index: int) -> int | None:
-    """How many samples of this process's current batch are real: None (all) except on a padded last batch.
+class TrainBatches:
+    """The prepared training loader, yielding `(batch, valid)`: for each epoch, from any batch on.
 
-    To give every process a full last batch, Accelerate pads it with samples from the start of the epoch. The
-    real ones come first in process order (the same rule `gather_for_metrics` uses to drop the padding), so this
-    process keeps a prefix of its batch.
+    `valid` is None except on a padded last batch under DDP: to give every process a full last batch, Accelerate
+    pads it with samples from the start of the epoch. The real ones come first in process order (the rule
+    `gather_for_metrics` uses), so this process keeps the first `valid` samples of its batch.
     """
-    if num_processes == 1 or not getattr(loader, "end_of_dataloader", False) or getattr(loader, "remainder", -1) <= 0:
-        return None
-    per_process = loader.total_batch_size // num_processes
-    return max(0, min(per_process, loader.remainder - process_index * per_process))
+
+    def __init__(self, loader, accelerator, seed: int = 0):
+        self.loader, self.accelerator, self.seed = loader, accelerator, seed
+        self.current = loader
+        total = getattr(loader, "total_batch_size", None)
+        try:
+            self.remainder = len(loader.dataset) % total if total else 0
+        except TypeError:  # an iterable dataset: no padding to undo
+            self.remainder = 0
+        self.per_process = total // accelerator.num_processes if total else 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Set the epoch's data order (seed + epoch) and skip the first `skip` batches (a resumed epoch)."""
+        self.loader.set_epoch(epoch)
+        if getattr(self.loader, "generator", None) is not None:
+            self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)  # worker seeds depend on the epoch
+        self.current = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+
+    def __iter__(self):
+        loader, rank = self.current, self.accelerator.process_index
+        padded = self.accelerator.num_processes > 1 and self.remainder > 0
+        for batch in loader:
+            if padded and loader.end_of_dataloader:
+                yield batch, max(0, min(self.per_process, self.remainder - rank * self.per_process))
+            else:
+                yield batch, None
 
 
 def dataset_labels(data: Any) -> torch.Tensor | None:

@@ -38,6 +38,29 @@ def precision_in_effect(accelerator) -> str:
     return "fp32"
 
 
+class ComputeDtype:
+    """Records the dtype of the first Linear/Conv output of the first training step: what autocast really did
+    (Accelerate hands the model's final outputs back in fp32, so those cannot tell)."""
+
+    def __init__(self, model):
+        self.dtype: str | None = None
+        layer = next((m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))),
+                     None)
+        self._handle = layer.register_forward_hook(self._hook) if layer is not None else None
+
+    def _hook(self, module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            self.dtype = str(output.dtype).removeprefix("torch.")
+        self._handle.remove()
+
+
+def batch_dependent_layers(model) -> list[str]:
+    """Layer types whose training output depends on the batch split or on per-process randomness, so that N
+    processes cannot match one process exactly: batch norm (per-process statistics) and dropout (masks)."""
+    kinds = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    return sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)})
+
+
 def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int,
              notes: list[str], model) -> dict[str, Any]:
     """The training plan: everything people get wrong about a launch, computed once."""
@@ -60,6 +83,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "precision_in_effect": precision_in_effect(accelerator),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "batch_dependent_layers": batch_dependent_layers(model),
         "batch_size_per_device": cfg.batch_size,
         "grad_accum": cfg.grad_accum,
         "effective_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum,

@@ -59,13 +59,16 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(run_dir: Path, resuming: bool) -> None:
+def check_run_dir(run_dir: Path, resuming: bool, auto: bool = False) -> None:
     """A new run needs a new (or empty) folder: never train over another run's files."""
     if resuming or not run_dir.exists():
         return
     if not run_dir.is_dir():
         raise UserError(f"--output-dir {run_dir} is a file, not a folder.")
     if any(run_dir.iterdir()):
+        if auto:
+            raise UserError(f"--resume auto: {run_dir} holds a run but no complete checkpoint to continue from. "
+                            "Remove the folder to start over, or choose another --output-dir.")
         raise UserError(f"--output-dir {run_dir} already holds another run. Choose a new --output-dir, or pass "
                         "--resume auto to continue that run.")
 

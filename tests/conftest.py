@@ -29,7 +29,8 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ACCELERATE_", "OMP_", "MASTER_", "WORLD_SIZE", "RANK", "LOCAL_", "PYTEST_"))}
-    env.update(PYTHONUNBUFFERED="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO), **extra)
+    env.update(PYTHONUNBUFFERED="1", GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
+    env.update(extra)
     return env
 
 
@@ -59,3 +60,15 @@ def _single_process_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith(("ACCELERATE_", "MASTER_")) or key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def digits_file(tmp_path_factory) -> str:
+    """scikit-learn's digits as a torch file, so that test subprocesses skip importing scikit-learn."""
+    import torch
+
+    from accel_train.jobs.digits import load_digits_tensors
+
+    path = tmp_path_factory.mktemp("data") / "digits.pt"
+    torch.save(load_digits_tensors(), path)
+    return str(path)

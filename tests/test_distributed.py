@@ -98,13 +98,3 @@ def test_readme_script_under_cpu_ddp(tmp_path):
     assert summary["processes"] == 2 and summary["final_val"]["samples"] == 297
     assert summary["best_metric"] >= 0.85
     assert proc.stdout.count("done:") == 1, "only the main process prints"
-
-
-def test_cli_digits_bf16_two_processes(tmp_path):
-    """`-m accel_train train` under cpu_ddp with bf16 autocast on the CPU."""
-    out = tmp_path / "run"
-    check(launch(["-m", "accel_train", "train", "--config", "examples/configs/digits.yaml", "--epochs", "2",
-                  "--mixed-precision", "bf16", "--output-dir", str(out), "--progress", "false"]))
-    summary = read_summary(out)
-    assert summary["processes"] == 2 and summary["precision"] == "bf16 autocast"
-    assert summary["final_val"]["samples"] == 360 and summary["best_metric"] > 0.85

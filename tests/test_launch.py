@@ -29,7 +29,7 @@ def test_every_launch_config_loads_with_accelerate():
 
 def _refused(proc, message: str) -> None:
     assert proc.returncode != 0
-    assert f"accel_train: error: " in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
+    assert "accel_train: error: " in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("accel_train: error:") == 1, "one message, from rank 0 only"
     assert "done:" not in proc.stdout
 

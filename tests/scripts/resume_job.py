@@ -1,0 +1,76 @@
+"""A small job for the resume, preemption and non-finite tests: a CNN with dropout on shuffled digits, AdamW with
+warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of TrainConfig works.
+
+    python tests/scripts/resume_job.py --output-dir RUN [--kill-at-batch N] [--nan-at-step S] [--inf-grad-rank R]
+
+--kill-at-batch N   SIGKILL this process (rank 0) when the N-th training micro-batch starts
+--nan-at-step S     the loss of optimizer step S is NaN (every micro-batch of its window, on every process)
+--inf-grad-rank R   with --nan-at-step S: instead, only process R gets an inf gradient at step S
+"""
+
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from accel_train import Task, fit, parse_config
+from accel_train.jobs.digits import load_digits_tensors
+
+
+@dataclass
+class Options:
+    samples: int = 240  # digits used for training: 15 batches of 16, 8 optimizer steps per epoch
+    kill_at_batch: int | None = None
+    nan_at_step: int | None = None
+    inf_grad_rank: int | None = None
+    slow: float = 0.0  # seconds of sleep per micro-batch (gives a signal time to arrive mid-epoch)
+    data: str | None = None  # a torch.save'd (images, labels) file instead of loading scikit-learn's digits
+
+
+class Injector(nn.Module):
+    """Wraps the model: counts training micro-batches, and kills or poisons on request."""
+
+    def __init__(self, model: nn.Module, opts: Options, grad_accum: int):
+        super().__init__()
+        self.model, self.opts, self.grad_accum = model, opts, grad_accum
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+        self.rank = int(os.environ.get("RANK", "0"))
+
+    def forward(self, x):
+        out = self.model(x)
+        if not self.training:
+            return out
+        self.batches += 1
+        seen = int(self.batches)
+        if self.opts.slow:
+            __import__("time").sleep(self.opts.slow)
+        if self.opts.kill_at_batch is not None and seen == self.opts.kill_at_batch and self.rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        step = (seen - 1) // self.grad_accum + 1
+        if self.opts.nan_at_step == step:
+            if self.opts.inf_grad_rank is None:
+                return out * float("nan")
+            if self.rank == self.opts.inf_grad_rank:
+                out.register_hook(lambda g: g * float("inf"))
+        return out
+
+
+def build(opts: Options, grad_accum: int):
+    images, labels = torch.load(opts.data, weights_only=True) if opts.data else load_digits_tensors()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(), nn.Linear(512, 10))
+    data = TensorDataset(images[: opts.samples], labels[: opts.samples])
+    val = TensorDataset(images[1500:1600], labels[1500:1600])
+    return Injector(net, opts, grad_accum), data, val
+
+
+if __name__ == "__main__":
+    defaults = ["--optimizer", "adamw", "--lr", "0.01", "--scheduler", "cosine_warmup", "--warmup-steps", "4",
+                "--grad-accum", "2", "--batch-size", "16", "--epochs", "5", "--checkpoint-every", "3",
+                "--keep-checkpoints", "2", "--log-every", "1", "--progress", "false", "--max-grad-norm", "1.0"]
+    cfg, opts = parse_config(defaults + __import__("sys").argv[1:], options=Options)
+    model, data, val = build(opts, cfg.grad_accum)
+    fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))

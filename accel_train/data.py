@@ -1,5 +1,6 @@
 """Datasets in, DataLoaders out: a map-style `torch.utils.data.Dataset`, a `datasets.Dataset`, an iterable
-dataset, or a ready DataLoader. Accelerate shards them across processes when they are prepared."""
+dataset, or a ready DataLoader. Accelerate shards them across processes when they are prepared, except a
+`ProcessShard`: a stream each process already reads its own part of."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, n
     """
     if isinstance(data, DataLoader):
         return data
+    if isinstance(data, ProcessShard):
+        return _shard_loader(data, batch_size, collate_fn, num_workers)
     if data is None or not (isinstance(data, (Dataset, IterableDataset)) or _is_hf_dataset(data)
                             or hasattr(data, "__getitem__")):
         raise UserError(f"the {split} data must be a torch Dataset, a datasets.Dataset or a DataLoader, "
@@ -107,3 +110,58 @@ def dataset_labels(data: Any) -> torch.Tensor | None:
             return None
         return labels if labels.dim() == 1 and not labels.is_floating_point() else None
     return None
+
+
+class ProcessShard(IterableDataset):
+    """The part of a stream that this process reads itself, such as a streaming `datasets.IterableDataset` after
+    `datasets.distributed.split_dataset_by_node`.
+
+    Accelerate would split such a stream again (or read all of it on the main process and send out batches, which
+    fails on batches padded to different lengths); a shard is only moved to the device. Processes may hold
+    different numbers of samples, so a training shard repeats (`repeat=True`, train with --max-steps: every
+    process then takes the same number of steps), and `evaluate` adds up the processes' sums once at the end
+    instead of gathering every batch.
+    """
+
+    def __init__(self, dataset: Any, repeat: bool = False):
+        self.dataset, self.repeat, self.epoch = dataset, repeat, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        while True:
+            empty = True
+            for sample in self.dataset:
+                empty = False
+                yield sample
+            if empty and self.repeat and torch.utils.data.get_worker_info() is None:
+                raise UserError("this process's part of the training stream is empty: use fewer processes, or a "
+                                "stream with at least as many examples (or files) as processes.")
+            if empty or not self.repeat:
+                return
+            epoch += 1  # the next pass over the shard is shuffled anew
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+
+
+def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int) -> DataLoader:
+    """A loader over this process's own shard, prepared by Accelerate as for one process (batches moved to the
+    device, nothing split) and marked as prepared, so that `accelerator.prepare` leaves it as it is."""
+    from accelerate.data_loader import prepare_data_loader
+    from accelerate.state import PartialState
+
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
+                        pin_memory=torch.cuda.is_available())
+    loader = prepare_data_loader(loader, PartialState().device, num_processes=1, process_index=0,
+                                 put_on_device=True, dispatch_batches=False)
+    loader._is_accelerate_prepared = True
+    return loader
+
+
+def reads_own_shard(loader: Any) -> bool:
+    """Whether each process reads its own part of this loader's data (a `ProcessShard`)."""
+    return isinstance(getattr(loader, "dataset", None), ProcessShard)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
-from .data import TrainBatches
+from .data import TrainBatches, reads_own_shard
 from .gradients import GradientWindow
-from .metrics import Meter
+from .metrics import Meter, add_up_processes
 from .task import Output, Task
 
 
@@ -62,14 +62,21 @@ def evaluate(accelerator, model, task: Task, loader) -> dict[str, float]:
     metrics = task.make_metrics()
     loss_sum = units = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     samples = 0
+    # gather_for_metrics drops the samples Accelerate repeated to even out the last batch. Processes that read
+    # their own shard may hold different numbers of batches: no collective per batch (nor DDP's forward), their
+    # sums are added up once at the end.
+    own_shard = reads_own_shard(loader)
+    collect = (lambda values: values) if own_shard else accelerator.gather_for_metrics
+    model = accelerator.unwrap_model(model) if own_shard else model
     for batch in loader:
         out = task(model, batch)
         counts = out.counts if out.counts is not None else torch.ones_like(out.losses)
-        # gather_for_metrics drops the samples Accelerate repeated to even out the last batch
-        losses, counts = accelerator.gather_for_metrics((out.losses.detach(), counts))
+        losses, counts = collect((out.losses.detach(), counts))
         loss_sum = loss_sum + losses.double().sum()
         units = units + counts.double().sum()
         samples += len(losses)
         if metrics.metrics:
-            metrics.update(*accelerator.gather_for_metrics((out.predictions, out.targets)))
+            metrics.update(*collect((out.predictions, out.targets)))
+    if own_shard and accelerator.num_processes > 1:
+        loss_sum, units, samples = add_up_processes(metrics, loss_sum, units, samples)
     return {"loss": float(loss_sum / units.clamp(min=1)), **metrics.compute(), "samples": samples}

@@ -277,3 +277,21 @@ class Meter:
                                                          key=lambda k: int(k.split(".")[1]))]
             if parts:
                 metric.load_state(parts)
+
+
+def add_up_processes(metrics: MetricSet, *totals: torch.Tensor | float) -> list:
+    """Add `totals` and the metrics' state over all processes, including processes that saw no batch (and so
+    hold no metric state): one object gather, for evaluation on shards of different sizes."""
+    from accelerate.utils import gather_object
+
+    mine = [[torch.as_tensor(t).detach().cpu() for t in totals],
+            [[s.detach().cpu() for s in metric.state()] for metric in metrics.metrics]]
+    parts = gather_object([mine])
+    summed = [sum(part[0][i] for part in parts) for i in range(len(totals))]
+    for i, metric in enumerate(metrics.metrics):
+        states = [part[1][i] for part in parts if part[1][i]]
+        if states:
+            device = next((s.device for s in metric.state()), "cpu")
+            metric.load_state([sum(column).to(device) for column in zip(*states)])
+    return [s.to(t.device) if isinstance(t, torch.Tensor) else type(t)(s) for s, t in zip(summed, totals)]
+

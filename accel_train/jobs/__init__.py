@@ -42,5 +42,6 @@ class Job:
 
 from .digits import Digits  # noqa: E402
 from .cifar10 import Cifar10  # noqa: E402
+from .text import CausalLM, TextClassification  # noqa: E402
 
-__all__ = ["Job", "Parts", "Digits", "Cifar10"]
+__all__ = ["Job", "Parts", "Digits", "Cifar10", "TextClassification", "CausalLM"]

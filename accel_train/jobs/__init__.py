@@ -43,5 +43,7 @@ class Job:
 from .digits import Digits  # noqa: E402
 from .cifar10 import Cifar10  # noqa: E402
 from .text import CausalLM, TextClassification  # noqa: E402
+from .clip import ClipDigits, ClipFinetune, FusionDigits  # noqa: E402
 
-__all__ = ["Job", "Parts", "Digits", "Cifar10", "TextClassification", "CausalLM"]
+__all__ = ["Job", "Parts", "Digits", "Cifar10", "TextClassification", "CausalLM", "ClipDigits", "ClipFinetune",
+           "FusionDigits"]

@@ -58,21 +58,26 @@ class GradientWindow:
         if not self.checked:
             self._check_unused()
         grads = [p.grad for p in self.params if p.grad is not None]
-        scale, loss_bad, self.stop = self._agree()
+        factor = self.accelerator.num_processes * self.accelerator.gradient_accumulation_steps
+        flags = None
+        if self.accelerator.num_processes == 1:
+            units = self.units.clamp(min=1) if isinstance(self.units, torch.Tensor) else max(self.units, 1)
+            scale = factor / units
+        else:  # units, "my loss is not finite", "I was asked to stop": one all-reduce for all three
+            device = self.accelerator.device
+            totals = torch.stack([torch.as_tensor(self.units, device=device, dtype=torch.float32),
+                                  self._loss_not_finite(device), torch.tensor(float(self.stop_requested()),
+                                                                              device=device)])
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            scale, flags = factor / totals[0].clamp(min=1), totals[1:]  # DDP averaged, Accelerate divided by k
         if self.sums_loss and grads:
             torch._foreach_mul_(grads, scale)
         if self.max_grad_norm:
             self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
         elif self.clip_value:
             self.accelerator.clip_grad_value_(self.params, self.clip_value)
+        self._read_flags(grads, flags)
         self.units, self.loss_sum = 0, 0.0
-        self.ok = True
-        if self.nonfinite == "off":
-            return
-        # All-reduced gradients are the same on every process, so their norm agrees by itself; `loss_bad`
-        # already holds every process's loss. Reading it is one host read per optimizer step.
-        norm = self.norm if self.norm is not None else torch.nn.utils.get_total_norm(grads)
-        self.ok = not loss_bad and bool(torch.isfinite(norm))
         if not self.ok and self.nonfinite == "stop":
             raise NonFiniteError("the loss or gradient norm is not finite: training stopped before this optimizer "
                                  "step, so the latest checkpoint holds the last good weights. Lower --lr, clip with "
@@ -80,25 +85,27 @@ class GradientWindow:
         if not self.ok and self.accelerator.scaler is not None:
             self.accelerator.scaler.update()  # fp16: leave the grad scaler ready for the next step
 
-    def _agree(self) -> tuple[torch.Tensor | float, bool, bool]:
-        """(gradient scale, some process's loss is not finite, some process asked to stop): one all-reduce."""
-        factor = self.accelerator.num_processes * self.accelerator.gradient_accumulation_steps
-        watch = self.nonfinite != "off" and isinstance(self.loss_sum, torch.Tensor)
-        if self.accelerator.num_processes == 1:
-            loss_bad = watch and not bool(torch.isfinite(self.loss_sum))
-            if isinstance(self.units, torch.Tensor):
-                return factor / self.units.clamp(min=1), loss_bad, self.stop_requested()
-            return factor / max(self.units, 1), loss_bad, self.stop_requested()
-        device = self.accelerator.device
-        flags = torch.stack([
-            torch.as_tensor(self.units, device=device, dtype=torch.float32),
-            (~torch.isfinite(self.loss_sum)).float() if watch else torch.zeros((), device=device),
-            torch.tensor(float(self.stop_requested()), device=device),
-        ])
-        flags = self.accelerator.reduce(flags, reduction="sum")
-        _, loss_bad, stop = flags.tolist()
-        # DDP averaged the gradients over processes and Accelerate divided by grad_accum: undo both.
-        return factor / flags[0].clamp(min=1), loss_bad > 0, stop > 0
+    def _loss_not_finite(self, device) -> torch.Tensor:
+        if self.nonfinite == "off" or not isinstance(self.loss_sum, torch.Tensor):
+            return torch.zeros((), device=device)
+        return (~torch.isfinite(self.loss_sum)).float()
+
+    def _read_flags(self, grads, flags: torch.Tensor | None) -> None:
+        """Set `ok` and `stop` with at most one host read per optimizer step (none in one process with
+        --nonfinite off). All-reduced gradients are the same on every process, so their norm agrees by itself."""
+        norm = None
+        if self.nonfinite != "off":
+            norm = self.norm if self.norm is not None else torch.nn.utils.get_total_norm(grads)
+        if flags is None:  # one process
+            self.stop = self.stop_requested()
+            loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else 0.0
+            self.ok = norm is None or bool(torch.isfinite(loss + norm))  # inf or nan in either: not finite
+            return
+        if norm is not None:
+            flags = torch.cat([flags, (~torch.isfinite(norm)).float().reshape(1)])
+        values = flags.tolist()
+        self.stop = values[1] > 0
+        self.ok = values[0] == 0 and (norm is None or values[2] == 0)
 
     def _check_unused(self) -> None:
         self.checked = True

@@ -233,9 +233,8 @@ class Meter:
         self.loss.add_(loss.detach())
         self.units = self.units + count
         self.samples += len(out.losses) if valid is None else valid
-        if self.metrics.metrics:
-            with torch.no_grad():
-                self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
+        if self.metrics.metrics:  # detached: the metric arithmetic records no graph
+            self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
 
     def _totals(self) -> list[float]:
         """(loss, units, samples) summed over processes: one host read."""

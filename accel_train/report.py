@@ -68,10 +68,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         batches = len(train_loader)
     except TypeError:
         batches = None
-    try:
-        train_samples = len(train_loader.dataset)
-    except TypeError:
-        train_samples = None
+    train_samples = _length(train_loader.dataset)
     warmup = cfg.warmup_steps if cfg.scheduler in ("linear_warmup", "cosine_warmup") else 0
     return {
         "device": accelerator.device.type,
@@ -88,7 +85,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "grad_accum": cfg.grad_accum,
         "effective_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum,
         "train_samples": train_samples,
-        "eval_samples": len(eval_loader.dataset) if eval_loader is not None and hasattr(eval_loader.dataset, "__len__") else None,
+        "eval_samples": _length(eval_loader.dataset) if eval_loader is not None else 0,
         "batches_per_process_per_epoch": batches,
         "steps_per_epoch": steps_per_epoch(batches, cfg.grad_accum) if batches else None,
         "total_steps": steps,
@@ -98,6 +95,18 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "notes": notes,
         "versions": _versions(),
     }
+
+
+def _length(dataset) -> int | None:
+    """A dataset's length, or None for a stream."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def _count(value: int | None) -> str:
+    return "streamed" if value is None else str(value)
 
 
 def write(run_dir: Path, plan: dict[str, Any]) -> None:
@@ -115,7 +124,7 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
         f"  steps       {plan['steps_per_epoch'] or '?'} per epoch, {plan['total_steps']} in total"
         f"{', ' + str(plan['warmup_steps']) + ' warm-up' if plan['warmup_steps'] else ''}"
         f"  ({plan['optimizer']}, {plan['scheduler']} schedule)",
-        f"  data        {plan['train_samples'] or '?'} train / {plan['eval_samples'] or 0} validation samples; "
+        f"  data        {_count(plan['train_samples'])} train / {_count(plan['eval_samples'])} validation samples; "
         f"model {plan['trainable_parameters']:,} trainable parameters",
     ]
     if resume_from is not None:

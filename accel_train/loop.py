@@ -71,12 +71,13 @@ def evaluate(accelerator, model, task: Task, loader) -> dict[str, float]:
     for batch in loader:
         out = task(model, batch)
         counts = out.counts if out.counts is not None else torch.ones_like(out.losses)
-        losses, counts = collect((out.losses.detach(), counts))
+        wanted = (out.predictions, out.targets) if metrics.metrics else ()
+        losses, counts, *seen = collect((out.losses.detach(), counts, *wanted))  # one gather per batch
         loss_sum = loss_sum + losses.double().sum()
         units = units + counts.double().sum()
         samples += len(losses)
-        if metrics.metrics:
-            metrics.update(*collect((out.predictions, out.targets)))
+        if seen:
+            metrics.update(*seen)
     if own_shard and accelerator.num_processes > 1:
         loss_sum, units, samples = add_up_processes(metrics, loss_sum, units, samples)
     return {"loss": float(loss_sum / units.clamp(min=1)), **metrics.compute(), "samples": samples}

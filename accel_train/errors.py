@@ -8,6 +8,7 @@ uncaught one print the same single message in a user's own `train.py`.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Iterable
 
@@ -26,8 +27,6 @@ def closest(name: str, choices: Iterable[str]) -> str:
 
 def report(error: UserError) -> None:
     """Print the message once (rank 0 only under a launcher, so N processes do not repeat it)."""
-    import os
-
     if os.environ.get("RANK", "0") == "0":
         print(f"accel_train: error: {error}", file=sys.stderr, flush=True)
 

@@ -27,10 +27,9 @@ def _env_flag(name: str) -> bool:
 
 
 def _has_gpu() -> bool:
-    if torch.cuda.is_available():
-        return True
-    return any(getattr(torch, kind, None) is not None and getattr(torch, kind).is_available()
-               for kind in ("xpu", "mps") if hasattr(getattr(torch, kind, None), "is_available"))
+    """A CUDA, XPU or Apple MPS device this process could train on."""
+    backends = (torch.cuda, getattr(torch, "xpu", None), getattr(torch.backends, "mps", None))
+    return any(b is not None and b.is_available() for b in backends)
 
 
 def set_threads(num_threads: int | None) -> int:
@@ -40,7 +39,7 @@ def set_threads(num_threads: int | None) -> int:
     """
     if num_threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("ACCELERATE_NUM_PROCESSES", "1")) or 1)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # set by the launcher for this machine
         num_threads = max(1, cores // max(1, local))
     torch.set_num_threads(num_threads)
     return num_threads

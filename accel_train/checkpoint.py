@@ -99,7 +99,8 @@ class Checkpointer:
 
     def save(self, accelerator, progress: Progress, name: str, model, meter) -> Path:
         """Write checkpoint `name` (complete, or not at all); refuse non-finite weights."""
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+        if not bool(finite):  # one host read for the whole model
             raise UserError(f"the weights are not finite at step {progress.step}: not saved, so the latest "
                             "checkpoint keeps the last good weights. Use --nonfinite skip or stop, lower --lr.")
         final, tmp = self.root / name, self.root / f".tmp-{name}"

@@ -53,7 +53,7 @@ class GradientWindow:
         if self.nonfinite != "off":
             self.loss_sum = self.loss_sum + loss.detach()
 
-    def finish(self, model) -> None:
+    def finish(self) -> None:
         """Close the window: normalise, clip, check finiteness, agree on the flags; sets `ok` and `stop`."""
         if not self.checked:
             self._check_unused()

@@ -33,7 +33,7 @@ def train_step(accelerator, model, task: Task, batch, optimizer, scheduler, grad
         accelerator.backward(grads.loss(loss, count))
         grads.add(loss, count)
         if accelerator.sync_gradients:  # the window is complete: normalise, clip and check once
-            grads.finish(model)
+            grads.finish()
         if grads.ok:  # False only for a non-finite window under --nonfinite skip
             optimizer.step()  # a no-op inside a window
             if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 overflow skips the step

@@ -91,11 +91,16 @@ def read_progress(path: Path) -> Progress:
 
 
 class Checkpointer:
-    """Saves and finds checkpoints under `<run>/checkpoints`, keeping the newest `keep` and the best one."""
+    """Saves and finds checkpoints under `<run>/checkpoints`, keeping the newest `keep` and the best one; owns the
+    mid-epoch cadence (every `every` optimizer steps; epoch ends always save)."""
 
-    def __init__(self, run_dir: Path, keep: int = 1):
+    def __init__(self, run_dir: Path, keep: int = 1, every: int | None = None):
         self.root = Path(run_dir) / "checkpoints"
-        self.keep = keep
+        self.keep, self.every = keep, every
+
+    def due(self, step: int) -> bool:
+        """Whether optimizer step `step` ends with a mid-epoch checkpoint."""
+        return bool(self.every) and step % self.every == 0
 
     def save(self, accelerator, progress: Progress, name: str, model, meter) -> Path:
         """Write checkpoint `name` (complete, or not at all); refuse non-finite weights."""

@@ -28,14 +28,13 @@ def train(argv: list[str]) -> int:
 
     from .config import parse_config
     from .fit import fit
-    from .jobs import Job
+    from .job import Job
 
     cfg, job = parse_config(argv, options=Job)
     set_seed(cfg.seed)  # the model's initial weights depend on the seed only
     parts = job.build(cfg.seed)
-    summary = fit(parts.model, parts.train_data, parts.eval_data, config=cfg, task=parts.task,
-                  collate_fn=parts.collate_fn, options={"job": job.record()})
-    job.after_fit(summary, summary["run_dir"])
+    fit(parts.model, parts.train_data, parts.eval_data, config=cfg, task=parts.task, collate_fn=parts.collate_fn,
+        processor=parts.processor, options=job)
     return 0
 
 

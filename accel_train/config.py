@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import UserError, closest, install_excepthook
+from .errors import UserError, closest
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal[
@@ -154,21 +154,32 @@ def _explain(message: str, extra_keys: list[str]) -> str:
     return " ".join(message.split())
 
 
+def _is_job(options: type | None) -> bool:
+    from .job import Job
+
+    return isinstance(options, type) and issubclass(options, Job)
+
+
 def build_parser(options: type | None = None):
     """A jsonargparse parser: TrainConfig as top-level flags, plus a script's `options`.
 
-    `options` is either a dataclass (its fields become more top-level flags, as an example script's own
-    `--model` or `--train-file`) or a base class (a `job:` section naming a subclass by `class_path`).
+    `options` is a `Job` class (the `job:` section of a job file, naming that class or a subclass by `class_path`;
+    its fields are the `--job.*` flags, and a concrete job is the default) or a plain dataclass (its fields become
+    more top-level flags).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the keys below.")
     parser.add_class_arguments(TrainConfig, nested_key=None, fail_untyped=True)
-    if options is not None and dataclasses.is_dataclass(options):
-        parser.add_class_arguments(options, nested_key=None, fail_untyped=True)
-    elif options is not None:
+    if _is_job(options):
+        from .job import Job
+
         parser.add_subclass_arguments(options, "job", required=True)
+        if options is not Job:
+            parser.set_defaults({"job": {"class_path": f"{options.__module__}.{options.__qualname__}"}})
+    elif options is not None:
+        parser.add_class_arguments(options, nested_key=None, fail_untyped=True)
     return parser
 
 
@@ -178,7 +189,8 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     Args:
         argv: command-line words; default `sys.argv[1:]`. `--batch-size 8` and `--batch_size 8` both work.
         defaults: a YAML file read before argv (an example's own job file); argv overrides it.
-        options: a dataclass of the script's own flags, or a job base class parsed as the `job:` section.
+        options: a `Job` class, parsed as the `job:` section (an example script and the command line share the job
+            file and its `--job.*` flags), or a dataclass of a script's own top-level flags.
 
     Returns:
         The TrainConfig, or `(TrainConfig, options)` when `options` is given.
@@ -186,7 +198,6 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     Raises:
         UserError: an unknown key (naming the closest valid one), a value of the wrong type, a missing file.
     """
-    install_excepthook()  # a script's mistake in flags or data then prints one line, before fit() is reached
     argv = _snake_flags(list(sys.argv[1:] if argv is None else argv))
     if defaults is not None:
         argv = ["--config", defaults, *argv]
@@ -199,12 +210,12 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
         cause = error if isinstance(error, UserError) else error.__cause__ or error.__context__
         if isinstance(cause, UserError):
             raise cause from None
-        extra = [] if options is None else ["job"] if not dataclasses.is_dataclass(options) else [
+        extra = [] if options is None else ["job"] if _is_job(options) else [
             f.name for f in dataclasses.fields(options)]
         raise UserError(_explain(str(error), extra)) from None
     cfg = TrainConfig(**{key: built[key] for key in CONFIG_KEYS})
     if options is None:
         return cfg
-    if dataclasses.is_dataclass(options):
-        return cfg, options(**{f.name: built[f.name] for f in dataclasses.fields(options)})
-    return cfg, built["job"]
+    if _is_job(options):
+        return cfg, built["job"]
+    return cfg, options(**{f.name: built[f.name] for f in dataclasses.fields(options)})

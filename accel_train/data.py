@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import UserError
+from .internals import mark_prepared
 
 
 def _is_hf_dataset(data: Any) -> bool:
@@ -68,6 +69,7 @@ class TrainBatches:
     def __init__(self, loader, accelerator, seed: int = 0):
         self.loader, self.accelerator, self.seed = loader, accelerator, seed
         self.current = loader
+        self.position = 0  # micro-batches of the current epoch handed out so far, on this process
         total = getattr(loader, "total_batch_size", None)
         try:
             self.remainder = len(loader.dataset) % total if total else 0
@@ -84,11 +86,19 @@ class TrainBatches:
         if getattr(self.loader, "generator", None) is not None:
             self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)  # worker seeds depend on the epoch
         self.current = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+        self.position = skip
+
+    @property
+    def done_in_epoch(self) -> int:
+        """Micro-batches of the current epoch trained so far (0 once the epoch's last one is out): where a resumed
+        run starts this epoch again."""
+        return 0 if self.current.end_of_dataloader else self.position
 
     def __iter__(self):
         loader, rank = self.current, self.accelerator.process_index
         padded = self.accelerator.num_processes > 1 and self.remainder > 0
         for batch in loader:
+            self.position += 1
             if padded and loader.end_of_dataloader:
                 yield batch, max(0, min(self.per_process, self.remainder - rank * self.per_process))
             else:
@@ -158,7 +168,7 @@ def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: 
                         pin_memory=torch.cuda.is_available())
     loader = prepare_data_loader(loader, PartialState().device, num_processes=1, process_index=0,
                                  put_on_device=True, dispatch_batches=False)
-    loader._is_accelerate_prepared = True
+    mark_prepared(loader)
     return loader
 
 

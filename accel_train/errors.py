@@ -1,16 +1,22 @@
 """The one exception type for a user's own mistake, and how it reaches the terminal.
 
 A `UserError` names the problem and the fix in one message. The command line prints it without a traceback and
-exits with status 2; `fit()` raises it so that scripts and tests can catch it, and `install_excepthook()` makes an
-uncaught one print the same single message in a user's own `train.py`.
+exits with status 2; `fit()` raises it so that scripts and tests can catch it. A script gets the command line's
+behaviour with `exit_on_user_error` (a context manager and decorator): library code never installs a process-wide
+hook.
+
+    if __name__ == "__main__":
+        with exit_on_user_error():
+            main()
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 EXIT_USER_ERROR = 2
 
@@ -31,14 +37,11 @@ def report(error: UserError) -> None:
         print(f"accel_train: error: {error}", file=sys.stderr, flush=True)
 
 
-def _excepthook(kind, error, tb):  # pragma: no cover - exercised through subprocess tests
-    if issubclass(kind, UserError):
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For scripts: a `UserError` raised inside ends the process with its one line and exit status 2."""
+    try:
+        yield
+    except UserError as error:
         report(error)
         sys.exit(EXIT_USER_ERROR)
-    sys.__excepthook__(kind, error, tb)
-
-
-def install_excepthook() -> None:
-    """Make an uncaught `UserError` print one clear line and exit 2 instead of a traceback."""
-    if sys.excepthook is sys.__excepthook__:
-        sys.excepthook = _excepthook

@@ -1,34 +1,33 @@
 """`fit()`: the Python API. Builds the Accelerator, loaders, optimizer and schedule, runs the loop of `loop.py`
-epoch by epoch, and writes the run folder. Logging, checkpoints, resuming, early stopping and preemption live
-here, not in the loop."""
+epoch by epoch (`epochs.py`), and writes the run folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
-from . import report
+from . import plan as plans
 from .checkpoint import (Checkpointer, Progress, StopRequest, load_meter, read_progress, resolve_resume,
-                         truncate_metrics)
-from .epochs import finish, train_epochs
+    truncate_metrics)
 from .config import TrainConfig
 from .data import TrainBatches, batches_per_process, dataset_labels, make_loader
-from .errors import UserError, install_excepthook
-from .gradients import GradientWindow
+from .epochs import Monitor, Run, finish, train_epochs
+from .errors import UserError
+from .gradients import GradientWindow, NonFiniteGuard
+from .internals import trim_optimizer_overhead
+from .job import Job
 from .launch import make_accelerator, set_threads, shutdown
+from .logs import StepLog
 from .metrics import Meter
-from .optim import build_optimizer, build_plateau, build_scheduler, total_steps
-from .run import JsonlTracker, check_run_dir, default_run_dir, write_config
-from .speed import trim_optimizer_overhead
+from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
+from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
 from .task import Task
-
-LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity", "error")
 
 
 def fit(
@@ -58,21 +57,23 @@ def fit(
         loss: `cross_entropy`, `bce_with_logits`, `mse`, `l1`, `smooth_l1`, a callable `fn(output, targets)`,
             or None to use the model's own `output.loss` (Hugging Face models with `labels` in the batch).
         metrics: metric names (`accuracy`, `f1`, `precision`, `recall`, `mse`, `mae`) or callables.
-        task: a `Task` replacing `loss` and `metrics` (custom batch handling).
+        task: a `Task` replacing `loss` and `metrics` (custom batch handling). fit trains with a copy
+            (`task.for_run`): the task you pass is left as it is.
         optimizer, scheduler: your own, instead of the ones `config` describes; the scheduler is stepped once
             per optimizer step.
         collate_fn: merges samples into a batch (for example transformers' `DataCollatorWithPadding`).
         processor: a tokenizer or processor saved with the final model (`<run>/model/`, `save_pretrained`).
-        options: extra settings to record in the run folder's `config.yaml` (a dataclass or dict).
+        options: extra settings to record in the run folder's `config.yaml`: a `Job` (recorded as the job file's
+            `job:` section), a dataclass or a dict.
 
     Returns:
         The run summary (also in `<run>/summary.json`): best epoch and metric, final metrics, wall time, samples/s.
         `summary["stopped"]` names the signal (or `--stop-at-step`) when the run checkpointed and stopped early.
 
     Raises:
-        UserError: a problem in the configuration, data, model or launch, with the fix in the message.
+        UserError: a problem in the configuration, data, model or launch, with the fix in the message. Scripts
+            print it as one line with `accel_train.errors.exit_on_user_error`.
     """
-    install_excepthook()
     cfg = config or TrainConfig()
     started = time.perf_counter()
     set_threads(cfg.num_threads)
@@ -80,53 +81,28 @@ def fit(
     accelerator, notes = make_accelerator(cfg, trackers=[jsonl, *cfg.log_with])
     try:
         with StopRequest(cfg.stop_at_step) as stop:
-            run = _setup(accelerator, cfg, jsonl, stop, model, train_data, eval_data, task or Task(loss, metrics),
-                         optimizer, scheduler, collate_fn, notes, options)
+            run = _setup(accelerator=accelerator, cfg=cfg, jsonl=jsonl, stop=stop, notes=notes, options=options,
+                         model=model, train_data=train_data, eval_data=eval_data,
+                         task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)),
+                         optimizer=optimizer, scheduler=scheduler, collate_fn=collate_fn)
             stopped = train_epochs(run)
-            summary = finish(run, started, stopped, processor)
-        return summary
+            return finish(run, started, stopped, processor)
     finally:
         shutdown(accelerator)
 
 
-@dataclass
-class Run:
-    """Everything one run holds, built once by `_setup` and driven by `epochs.train_epochs`."""
-
-    accelerator: Any
-    cfg: TrainConfig
-    run_dir: Path
-    model: Any
-    task: Task
-    optimizer: Any
-    scheduler: Any
-    plateau: Any
-    grads: GradientWindow
-    meter: Meter
-    batches: TrainBatches
-    eval_loader: Any
-    steps: int
-    monitor: str
-    mode: str
-    progress: Progress
-    checkpointer: Checkpointer
-    stop: StopRequest
-    plan: dict
-    compute_dtype: report.ComputeDtype
-
-
-def _setup(accelerator, cfg, jsonl, stop, model, train_data, eval_data, task, optimizer, scheduler, collate_fn,
-           notes, options) -> Run:
+def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequest, notes: list[str], options,
+           model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
+    """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
     jsonl.path = run_dir / "metrics.jsonl"
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
-    monitor, mode = _resolve_monitor(cfg, task)
-    train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
-                               num_workers=cfg.num_workers, split="train", seed=cfg.seed)
+    monitor = Monitor.for_task(cfg, task)
+    loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed)
+    train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
-        eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, collate_fn=collate_fn,
-        num_workers=cfg.num_workers, split="validation", seed=cfg.seed)
+        eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)
     optimizer = optimizer or build_optimizer(cfg, model)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)
@@ -137,24 +113,27 @@ def _setup(accelerator, cfg, jsonl, stop, model, train_data, eval_data, task, op
         raise UserError("the training data has no length (a streaming dataset): set --max-steps.")
     steps = total_steps(cfg, batches)
     raw_optimizer = optimizer.optimizer
-    scheduler, plateau = accelerator.prepare(scheduler or build_scheduler(cfg, raw_optimizer, steps),
-                                             build_plateau(cfg, raw_optimizer, mode))
-    grads = GradientWindow(accelerator, model, cfg.max_grad_norm, cfg.clip_value, cfg.nonfinite,
-                           cfg.find_unused_parameters, stop)
+    scheduler, monitor.plateau = accelerator.prepare(scheduler or build_scheduler(cfg, raw_optimizer, steps),
+                                                     build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
-    task.dataset_labels = dataset_labels(train_data)  # checked against the model's outputs at step 1
-    progress = Progress()
-    if resume_from is not None:
-        progress = _resume(accelerator, resume_from, meter, run_dir)
-    plan = report.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model)
+    progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
+    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model)
     if accelerator.is_main_process:
         write_config(run_dir, {**cfg.to_dict(), **_as_dict(options)})
-        report.write(run_dir, plan)
-    accelerator.print(report.render(plan, run_dir, resume_from))
-    accelerator.init_trackers(cfg.name, config=report.hparams(cfg))
-    return Run(accelerator, cfg, run_dir, model, task, optimizer, scheduler, plateau, grads, meter,
-                TrainBatches(train_loader, accelerator, cfg.seed), eval_loader, steps, monitor, mode, progress,
-                Checkpointer(run_dir, keep=cfg.keep_checkpoints), stop, plan, report.ComputeDtype(model))
+        plans.write(run_dir, plan)
+    accelerator.print(plans.render(plan, run_dir, resume_from))
+    accelerator.init_trackers(cfg.name, config=plans.hparams(cfg))
+    return Run(
+        accelerator=accelerator, cfg=cfg, run_dir=run_dir, model=model, task=task, optimizer=optimizer,
+        scheduler=scheduler, meter=meter, eval_loader=eval_loader, steps=steps, monitor=monitor, progress=progress,
+        grads=GradientWindow(accelerator, model, cfg.max_grad_norm, cfg.clip_value,
+                             guard=NonFiniteGuard(cfg.nonfinite, stop), allow_unused=cfg.find_unused_parameters),
+        batches=TrainBatches(train_loader, accelerator, cfg.seed),
+        steps_per_epoch=steps_per_epoch(batches, cfg.grad_accum) if batches else None,
+        checkpointer=Checkpointer(run_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every), stop=stop,
+        log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
+        compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),
+        device=accelerator.device.type)
 
 
 def _agree(accelerator, decide: Callable[[], Any]) -> Any:
@@ -200,19 +179,12 @@ def _resume(accelerator, path: Path, meter: Meter, run_dir: Path) -> Progress:
     return progress
 
 
-def _resolve_monitor(cfg: TrainConfig, task: Task) -> tuple[str, str]:
-    specs = task.metric_specs
-    names = [specs] if isinstance(specs, str) else [s for s in (specs or []) if isinstance(s, str)]
-    monitor = cfg.monitor or (names[0] if names else "loss")
-    mode = cfg.monitor_mode or ("min" if monitor.endswith(LOWER_IS_BETTER) else "max")
-    return monitor, mode
-
-
 def _as_dict(options: Any) -> dict[str, Any]:
-    import dataclasses
-
+    """`options` for config.yaml: a job as its job-file section (the file then reruns with `accel-train train`)."""
     if options is None:
         return {}
+    if isinstance(options, Job):
+        return {"options": {"job": options.record()}}
     if dataclasses.is_dataclass(options):
         return {"options": dataclasses.asdict(options)}
     return {"options": dict(options)}

@@ -18,6 +18,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import UserError
+from .internals import reset_accelerate_state
 
 CPU_DDP_HINT = "accelerate launch --config_file launch_configs/cpu_ddp.yaml ..."
 
@@ -79,13 +80,14 @@ def check_launch(cfg: TrainConfig) -> tuple[bool, str, list[str]]:
 def make_accelerator(cfg: TrainConfig, project_dir: str | None = None, trackers: list | None = None):
     """Build the Accelerator this launch asks for, after `check_launch`; returns (accelerator, notes)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        ProjectConfiguration,
+    )
 
     cpu, precision, notes = check_launch(cfg)
-    # A second fit() in one process starts from a clean Accelerate state (the process group is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    reset_accelerate_state()  # a second fit() in one process starts clean
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,

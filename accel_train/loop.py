@@ -6,7 +6,7 @@ The classic PyTorch loop, with Accelerate doing the device work:
     eval mode + no_grad -> batch -> forward -> gather -> metrics
 
 What differs between vision, language and multimodal models (the batch's shape, the loss, the metrics) lives in
-the `Task`; what happens around the loop (building, logging, checkpoints) lives in `fit.py`.
+the `Task`; what happens around the loop lives in `fit.py` (building) and `epochs.py` (logging, checkpoints).
 """
 
 from __future__ import annotations

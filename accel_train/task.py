@@ -13,6 +13,7 @@ window and all processes exactly.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,26 +29,27 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(1) if values.dim() > 1 else values
 
 
-def _full(values: torch.Tensor) -> torch.Tensor:
+def full_precision(values: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 outputs of autocast are upcast for the loss; fp32 and fp64 stay as they are."""
     return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     try:
-        return _per_sample(F.cross_entropy(_full(logits), targets, reduction="none"))
+        return _per_sample(F.cross_entropy(full_precision(logits), targets, reduction="none"))
     except IndexError:  # CPU: "Target 12 is out of bounds"
         check_labels(targets, logits.shape[1])
         raise
 
 
 def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return _per_sample(F.binary_cross_entropy_with_logits(_full(logits), targets.to(_full(logits).dtype), reduction="none"))
+    logits = full_precision(logits)
+    return _per_sample(F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none"))
 
 
 def _regression(fn: Callable) -> Callable:
     def loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        predictions = _full(predictions).reshape(targets.shape)
+        predictions = full_precision(predictions).reshape(targets.shape)
         return _per_sample(fn(predictions, targets.to(predictions.dtype), reduction="none"))
     return loss
 
@@ -121,7 +123,14 @@ class Task:
         self.metric_specs = metrics
         self.class_names = class_names
         self.dataset_labels: torch.Tensor | None = None  # all training labels, when readable: checked at step 1
-        self.checked = False
+        self.checked = False  # the first batch has been checked
+
+    def for_run(self, dataset_labels: torch.Tensor | None = None) -> Task:
+        """A copy for one run, with fresh first-batch checks against `dataset_labels` (all training labels, when
+        readable); `fit` trains with it and leaves the task it was given untouched."""
+        task = copy.copy(self)
+        task.dataset_labels, task.checked = dataset_labels, False
+        return task
 
     def make_metrics(self, split: str = "eval") -> MetricSet:
         """Fresh metrics for `split` ("train" leaves out metrics marked `train = False`)."""

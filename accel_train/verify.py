@@ -111,7 +111,7 @@ def verify(job_config: str, launch_config: str | Path = DEFAULT_LAUNCH, steps: i
            job_args: list[str] = (), workdir: str | None = None) -> list[Check]:
     """Run the four trainings and return the checks (see the module docstring)."""
     from .config import parse_config
-    from .jobs import Job
+    from .job import Job
 
     launch = Path(launch_config)
     if not launch.is_file():

@@ -1,36 +1,33 @@
-"""Train the digits CNN: the `make demo` job, written as a script that builds its model and data.
+"""Train the digits CNN: the `make demo` job, written as a script that builds its model and data in plain sight.
+Its plain-PyTorch twin is examples/train_plain.py.
 
-    python examples/train_digits.py --epochs 5
+    python examples/train_digits.py --epochs 5 --job.channels 16
     accelerate launch --config_file launch_configs/cpu_ddp.yaml examples/train_digits.py --output-dir runs/ddp
     accelerate launch --config_file launch_configs/bf16.yaml examples/train_digits.py --cpu true
 
-Every TrainConfig flag works here (`--lr`, `--batch-size`, `--grad-accum`, `--scheduler`, ...), with
-examples/configs/digits.yaml as the defaults.
+The job file examples/configs/digits.yaml gives the defaults, and the script takes the same flags as
+`accel-train train --config examples/configs/digits.yaml`: every TrainConfig flag (`--lr`, `--batch-size`,
+`--grad-accum`, `--scheduler`, ...) and the job's own (`--job.channels`, `--job.val-fraction`).
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from accel_train import fit, parse_config
-from accel_train.jobs.digits import DigitsCNN, digits_splits
+from accel_train import exit_on_user_error, fit, parse_config
+from accel_train.tasks.vision import Digits, DigitsCNN, digits_splits
 
-
-@dataclass
-class DigitsOptions:
-    channels: int = 32  # width of the first conv block
-    val_fraction: float = 0.2  # stratified hold-out share
+JOB_FILE = Path(__file__).parent / "configs" / "digits.yaml"
 
 
 def main(argv=None):
-    defaults = Path(__file__).parent / "configs" / "digits_script.yaml"
-    cfg, opts = parse_config(argv, defaults=str(defaults), options=DigitsOptions)
-    torch.manual_seed(cfg.seed)
-    model = DigitsCNN(opts.channels)
-    train_data, eval_data = digits_splits(opts.val_fraction, seed=cfg.seed)
-    return fit(model, train_data, eval_data, loss="cross_entropy", metrics=["accuracy"], config=cfg, options=opts)
+    cfg, job = parse_config(argv, defaults=str(JOB_FILE), options=Digits)
+    torch.manual_seed(cfg.seed)  # the model's initial weights
+    model = DigitsCNN(job.channels)
+    train_data, eval_data = digits_splits(job.val_fraction, seed=cfg.seed)  # TensorDatasets of (image, label)
+    return fit(model, train_data, eval_data, loss="cross_entropy", metrics=["accuracy"], config=cfg, options=job)
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():
+        main()

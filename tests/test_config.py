@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from accel_train import TrainConfig, UserError, parse_config
-from accel_train.jobs import Digits, Job
-from conftest import REPO
+from accel_train.job import Job
+from accel_train.tasks.vision import Digits
+from support import REPO
 
 DIGITS = str(REPO / "examples" / "configs" / "digits.yaml")
 
@@ -18,7 +19,7 @@ def test_yaml_then_flags_override():
     assert isinstance(cfg, TrainConfig) and isinstance(job, Digits)
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.mixed_precision) == (3, 8, 0.003, [10, 20], "bf16")
     assert job.channels == 16 and job.val_fraction == 0.2
-    assert job.record() == {"class_path": "accel_train.jobs.digits.Digits",
+    assert job.record() == {"class_path": "accel_train.tasks.vision.Digits",
                             "init_args": {"val_fraction": 0.2, "channels": 16}}
 
 
@@ -72,10 +73,26 @@ def test_script_options_are_flat_flags():
 
 def test_every_example_config_parses():
     for path in (REPO / "examples" / "configs").glob("*.yaml"):
-        text = path.read_text()
-        if "class_path" in text:
-            cfg, job = parse_config(["--config", str(path)], options=Job)
-            assert isinstance(job, Job), path
-        else:
-            cfg = parse_config(["--config", str(path)])
-        assert cfg.epochs >= 1 or cfg.max_steps, path
+        written = yaml.safe_load(path.read_text())
+        cfg, job = parse_config(["--config", str(path)], options=Job)
+        assert job.record()["class_path"] == written["job"]["class_path"], path
+        for key, value in written["job"].get("init_args", {}).items():
+            assert getattr(job, key) == value, (path, key)
+        for key, value in written.items():
+            if key != "job":
+                assert getattr(cfg, key) == (tuple(value) if key == "betas" else value), (path, key)
+
+
+def test_old_job_paths_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="accel_train.jobs.Digits is deprecated.*accel_train.tasks.vision.Digits"):
+        cfg, job = parse_config(["--config", str(REPO / "examples/configs/digits.yaml"), "--job",
+                                 "accel_train.jobs.Digits", "--job.channels", "8"], options=Job)
+    assert type(job) is Digits and job.channels == 8
+
+
+def test_an_example_takes_its_job_and_the_same_flags():
+    cfg, job = parse_config(["--job.channels", "8", "--epochs", "2"],
+                            defaults=str(REPO / "examples/configs/digits.yaml"), options=Digits)
+    assert job == Digits(val_fraction=0.2, channels=8) and cfg.epochs == 2 and cfg.lr == 0.003
+    cfg, job = parse_config([], options=Digits)  # no job file: the class's own defaults
+    assert job == Digits() and cfg == TrainConfig()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from accel_train import read_metrics, read_summary
-from conftest import SCRIPTS, check, clean_env, free_port, launch, run_python, CONFIGS, BIN, REPO
+from support import SCRIPTS, check, clean_env, free_port, launch, run_python, CONFIGS, BIN, REPO
 
 pytestmark = pytest.mark.multiprocess
 

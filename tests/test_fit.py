@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,20 @@ from torch.utils.data import TensorDataset
 
 from accel_train import TrainConfig, UserError, fit, read_metrics, read_summary
 from accel_train.cli import main as cli_main
-from accel_train.jobs.digits import DigitsCNN, digits_splits, load_digits_tensors
-from conftest import REPO, SCRIPTS
-
-sys.path.insert(0, str(SCRIPTS))
-from equivalence import Options, build  # noqa: E402
+from accel_train.tasks.vision import DigitsCNN, digits_splits, load_digits_tensors
+from equivalence import Options, build
+from support import REPO
 
 QUIET = dict(progress=False, log_every=1)
 
 
 def test_demo_job_reaches_97_percent_with_a_complete_run_folder(tmp_path):
-    """The `make demo` job: digits CNN, >= 97% validation accuracy in well under a minute on 2 cores."""
+    """The `make demo` job: digits CNN, >= 97% validation accuracy (its time: tests/benchmarks/test_bench_demo.py)."""
     out = tmp_path / "demo"
-    started = time.perf_counter()
     assert cli_main(["train", "--config", str(REPO / "examples/configs/digits.yaml"), "--output-dir", str(out),
                      "--progress", "false"]) == 0
     summary = read_summary(out)
     assert summary["best_metric"] >= 0.97 and summary["final_val"]["accuracy"] >= 0.97
-    assert summary["train_time_s"] < 60 and time.perf_counter() - started < 90
     assert summary["final_val"]["samples"] == 360 and summary["samples"] == 15 * 1437
     assert summary["epochs"] == 15 and summary["steps"] == 15 * 45 and summary["samples_per_s"] > 0
     assert summary["processes"] == 1 and summary["precision"] == "fp32"
@@ -41,7 +36,7 @@ def test_demo_job_reaches_97_percent_with_a_complete_run_folder(tmp_path):
     assert config["lr"] == 0.003 and config["options"]["job"]["init_args"]["channels"] == 32
     plan = json.loads((out / "plan.json").read_text())
     assert plan["steps_per_epoch"] == 45 and plan["total_steps"] == 675 and plan["warmup_steps"] == 20
-    assert plan["versions"]["torch"] == torch.__version__.split("+")[0] or plan["versions"]["torch"]
+    assert plan["versions"]["torch"] == importlib.metadata.version("torch")
 
     rows = read_metrics(out)
     steps = [r for r in rows if r["kind"] == "step"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CONFIGS, REPO, launch, run_python
+from support import CONFIGS, REPO, launch, run_python
 
 MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
 DIGITS = ["-m", "accel_train", "train", "--config", "examples/configs/digits.yaml", "--epochs", "1",

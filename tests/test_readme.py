@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from accel_train import TrainConfig
-from conftest import REPO
+from support import REPO
 
 README = (REPO / "README.md").read_text()
 
@@ -24,6 +24,5 @@ def test_readme_names_every_flag_launch_config_and_example():
     for example in (REPO / "examples").glob("*.py"):
         assert f"examples/{example.name}" in README, example.name
     for job in (REPO / "examples" / "configs").glob("*.yaml"):
-        if not job.stem.endswith("_script"):
-            assert f"examples/configs/{job.name}" in README, job.name
+        assert f"examples/configs/{job.name}" in README, job.name
     assert "make demo" in README and "make test" in README

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from accel_train import read_metrics, read_summary
-from conftest import SCRIPTS, check, clean_env, launch, run_python, REPO
+from support import SCRIPTS, check, clean_env, launch, run_python, REPO
 
 JOB = str(SCRIPTS / "resume_job.py")
 pytestmark = pytest.mark.multiprocess

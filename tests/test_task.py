@@ -88,3 +88,19 @@ def test_bad_batch_shape_and_unknown_loss():
         Task("cross_entropi")
     with pytest.raises(UserError, match="no `loss`"):
         Task(loss=None)(HFStyle(), {"inputs": torch.randn(2, 3)})
+
+
+def test_fit_trains_a_copy_and_leaves_the_given_task_as_it_was(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from accel_train import TrainConfig, fit
+
+    task = Task("cross_entropy", ["accuracy"])
+    data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 3)
+    for run in ("a", "b"):  # twice: the second run checks its first batch again
+        fit(torch.nn.Linear(4, 3), data, task=task, config=TrainConfig(epochs=1, batch_size=8, progress=False,
+                                                                        output_dir=str(tmp_path / run)))
+        assert task.checked is False and task.dataset_labels is None
+    with pytest.raises(UserError, match="label 2 is outside"):
+        fit(torch.nn.Linear(4, 2), data, task=task, config=TrainConfig(epochs=1, progress=False,
+                                                                        output_dir=str(tmp_path / "c")))

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import torch
 
 from accel_train.verify import compare_runs
-from conftest import CONFIGS, SCRIPTS, check, clean_env, run_python
+from support import CONFIGS, SCRIPTS, check, clean_env, run_python
 
 
 def _fake_run(folder: Path, losses: list[float], weight: float) -> Path:

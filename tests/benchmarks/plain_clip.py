@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import AutoModel, AutoProcessor
 
-from accel_train.captions import ImageCaptionCollator, read_pairs
+from accel_train.tasks.captions import ImageCaptionCollator, read_pairs
 
 
 def main() -> None:

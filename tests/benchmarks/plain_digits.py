@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from accel_train.jobs.digits import DigitsCNN, digits_splits
+from accel_train.tasks.vision import DigitsCNN, digits_splits
 
 
 def main() -> None:

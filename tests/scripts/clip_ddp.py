@@ -18,9 +18,9 @@ import torch.distributed as dist
 
 from accel_train import TrainConfig, evaluate, fit
 from accel_train.data import make_loader
-from accel_train.jobs.clip import ClipDigits
+from accel_train.tasks.clip_digits import ClipDigits
 from accel_train.launch import make_accelerator
-from accel_train.multimodal import MODEL_INPUTS, contrastive_losses
+from accel_train.tasks.clip import MODEL_INPUTS, contrastive_losses
 
 
 def build():

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from accel_train import fit, parse_config
-from accel_train.jobs.digits import load_digits_tensors
+from accel_train.tasks.vision import load_digits_tensors
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from accel_train import Task
-from accel_train.jobs import Job, Parts
+from accel_train.job import Job, Parts
 from equivalence import Options, build
 
 

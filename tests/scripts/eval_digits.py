@@ -2,6 +2,7 @@
 the result to the JSON file named on the command line."""
 
 import json
+import os
 import sys
 
 import torch
@@ -9,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from accel_train import Task, TrainConfig, evaluate
 from accel_train.data import make_loader
-from accel_train.jobs.digits import DigitsCNN, load_digits_tensors
+from accel_train.tasks.vision import DigitsCNN, load_digits_tensors
 from accel_train.launch import make_accelerator, shutdown
 
 if __name__ == "__main__":
@@ -22,5 +23,11 @@ if __name__ == "__main__":
     model, loader = accelerator.prepare(model, loader)
     result = evaluate(accelerator, model, Task("cross_entropy", ["accuracy", "f1"]), loader)
     if accelerator.is_main_process:
-        json.dump({**result, "processes": accelerator.num_processes}, open(out, "w"))
+        with open(out, "w") as handle:
+            json.dump({**result, "processes": accelerator.num_processes}, handle)
     shutdown(accelerator)
+    # Measured here: about 1 launch in 8 aborts in interpreter teardown ("terminate called without an active
+    # exception": gloo's worker thread frees an all-gather's tensor while Py_Finalize holds the GIL). The result is
+    # written and the group is shut down; leave without the teardown.
+    sys.stdout.flush()
+    os._exit(0)

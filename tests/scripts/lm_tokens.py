@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from accel_train import fit, parse_config
-from accel_train.causal_lm import CausalLMOptions, causal_lm_data, causal_lm_model
+from accel_train.tasks.causal_lm import CausalLMOptions, causal_lm_data, causal_lm_model
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .errors import UserError
+from ..errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CAPTION_FILES = ("metadata.csv", "metadata.jsonl", "metadata.json", "captions.csv", "captions.jsonl", "captions.json")
@@ -164,7 +164,7 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _column(columns: list[str], name: str, source: str, what: str) -> str:
-    from .errors import closest
+    from ..errors import closest
 
     if name not in columns:
         raise UserError(f"{source} has no {what} column `{name}`.{closest(name, columns)} Its columns: "
@@ -292,3 +292,31 @@ class ImageCaptionCollator:
             if key in samples[0]:
                 batch[key] = torch.tensor([s[key] for s in samples])
         return batch
+
+
+def caption_tokenizer(texts: Sequence[str]):
+    """A CLIP tokenizer for a model trained from scratch on a small caption set (a pretrained model brings its own).
+
+    Its vocabulary holds the 256 byte symbols (alone and word-final, as CLIP's does, so any text tokenizes) and each
+    word of `texts`, built up by BPE merges; the start and end tokens come last. The same texts give the same ids
+    (the tokenizers library's BPE trainer numbers tied merges differently from run to run).
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet + [symbol + "</w>" for symbol in alphabet])}
+    backend = CLIPTokenizer().backend_tokenizer  # CLIP's own normalizer and word splitting
+    words = sorted({word for text in texts
+                    for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))})
+    merges = []
+    for word in words:
+        merged = word[0] if len(word) > 1 else word + "</w>"
+        for symbol in list(word[1:-1]) + ([word[-1] + "</w>"] if len(word) > 1 else []):
+            merges.append((merged, symbol))
+            merged += symbol
+            vocab.setdefault(merged, len(vocab))
+    merges = list(dict.fromkeys(merges))  # words sharing a beginning share its merges
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges)

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError, install_excepthook
-from .metrics import Metric
-from .task import Output, _full, logits_of
-from .text import TextData, TextSource, TextTask, check_batch_keys, check_texts, columns_of, load_pretrained, \
-    load_tokenizer, load_texts, per_process, text_column
+from ..errors import UserError
+from ..job import Job, Parts
+from ..metrics import Metric
+from ..task import Output, full_precision, logits_of
+from .text_data import (TextData, TextSource, TextTask, check_batch_keys, check_texts, columns_of, load_pretrained,
+    load_texts, load_tokenizer, per_process, text_column)
 
 IGNORE = -100  # label of positions that are not predicted (padding)
 
@@ -34,7 +35,7 @@ IGNORE = -100  # label of positions that are not predicted (padding)
 class CausalLMOptions(TextSource):
     """A decoder-only language model trained or finetuned on raw text."""
 
-    model: str | None = "gpt2"  # Hub name or folder of a pretrained model (or, with --model-config, its tokenizer)
+    model: str | None = "gpt2"  # Hub name or folder of a pretrained model (or, with --job.model-config, its tokenizer)
     model_config: str | None = None  # train from scratch: an architecture (gpt2, llama, ...) or a config.json/folder
     config_overrides: dict[str, Any] = field(default_factory=dict)  # with model_config: {n_layer: 4, n_embd: 256}
     block_size: int = 128  # tokens per training sequence
@@ -78,7 +79,7 @@ class CausalLMTask(TextTask):
         return model(**inputs), batch["labels"]
 
     def losses(self, output: Any, targets: torch.Tensor) -> Output:
-        logits = _full(logits_of(output))[:, :-1]
+        logits = full_precision(logits_of(output))[:, :-1]
         labels = targets[:, 1:]
         per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                                     reduction="none").view(labels.shape)
@@ -95,7 +96,6 @@ def causal_lm_data(opts: CausalLMOptions, seed: int = 0) -> TextData:
     """
     from transformers import DataCollatorForLanguageModeling, default_data_collator
 
-    install_excepthook()  # a script's data mistake is one line, as in fit()
     if opts.block_size < 2:
         raise UserError(f"block_size must be at least 2 (got {opts.block_size}).")
     tokenizer = load_tokenizer(opts.tokenizer or opts.model, opts.trust_remote_code)
@@ -114,7 +114,7 @@ def causal_lm_data(opts: CausalLMOptions, seed: int = 0) -> TextData:
         data = data.map(tokenize, batched=True, with_indices=True, remove_columns=columns_of(data))
         if hasattr(data, "__len__") and len(data) == 0:
             raise UserError(f"the {split} data gives no sequence: it holds fewer than block_size={opts.block_size} "
-                            "tokens (with packing) or only empty texts. Lower --block-size or add text.")
+                            "tokens (with packing) or only empty texts. Lower --job.block-size or add text.")
         splits.append(per_process(data, train=split == "train", seed=seed) if opts.streaming else data)
     return TextData(splits[0], splits[1], tokenizer, collator, CausalLMTask())
 
@@ -140,13 +140,14 @@ def _texts(batch: dict, indices: list[int], *, tokenizer, column: str, block_siz
 
 
 def causal_lm_model(opts: CausalLMOptions, tokenizer: Any) -> torch.nn.Module:
-    """A pretrained causal LM (`--model`), or a fresh one of `--model-config` sized to the tokenizer."""
+    """A pretrained causal LM (`--job.model`), or a fresh one of `--job.model-config` sized to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     remote = {"trust_remote_code": True} if opts.trust_remote_code else {}
     if opts.model_config is None:
         if opts.model is None:
-            raise UserError("give --model (a pretrained causal LM) or --model-config (to train one from scratch).")
+            raise UserError("give --job.model (a pretrained causal LM) or --job.model-config (to train one from "
+                            "scratch).")
         model = load_pretrained(AutoModelForCausalLM, opts.model, opts.trust_remote_code)
     else:
         special = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -156,7 +157,7 @@ def causal_lm_model(opts: CausalLMOptions, tokenizer: Any) -> torch.nn.Module:
             config = (AutoConfig.from_pretrained(opts.model_config, **remote, **sizes) if Path(opts.model_config).exists()
                       else AutoConfig.for_model(opts.model_config, **sizes))
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot build a model from --model-config {opts.model_config}: "
+            raise UserError(f"cannot build a model from --job.model-config {opts.model_config}: "
                             f"{str(error).splitlines()[0][:300]}") from None
         model = AutoModelForCausalLM.from_config(config, **remote)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -164,3 +165,14 @@ def causal_lm_model(opts: CausalLMOptions, tokenizer: Any) -> torch.nn.Module:
                         f"{model.get_input_embeddings().num_embeddings} embeddings: use the model's own tokenizer.")
     model.config.use_cache = False  # training needs no key/value cache
     return model
+
+
+@dataclass
+class CausalLM(CausalLMOptions, Job):
+    """A causal language model, pretrained or from a config, trained on raw text; loss per token and perplexity.
+    The tokenizer is saved beside the model in `<run>/model/`."""
+
+    def build(self, seed: int) -> Parts:
+        data = causal_lm_data(self, seed)
+        return Parts(causal_lm_model(self, data.tokenizer), data.train, data.eval, data.task, data.collator,
+                     processor=data.tokenizer)

@@ -5,14 +5,12 @@ once, and a short training run ends with the weights of one process."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import SCRIPTS, check, launch
+from support import SCRIPTS, check, launch
 
-sys.path.insert(0, str(SCRIPTS))
 import clip_ddp  # noqa: E402
 
 pytestmark = pytest.mark.multiprocess

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from accel_train import UserError, read_summary
 from accel_train.cli import main as cli_main
-from accel_train.multimodal import ClipTask, Retrieval, contrastive_losses
-from conftest import REPO
-from multimodal_fixtures import CAPTIONS, clip_config, write_tokenizer_files
+from accel_train.tasks.clip import ClipTask, Retrieval, contrastive_losses
+from support import REPO
+from support.multimodal import CAPTIONS, clip_config, write_tokenizer_files
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_short_training_on_digits_learns_retrieval_and_zero_shot(tmp_path):
     """clip_digits.yaml: a small CLIP from scratch, 5 epochs on 1,437 real digits, validated on 360."""
     from transformers import AutoProcessor, CLIPModel
 
-    from accel_train.jobs.clip import digits_pairs
+    from accel_train.tasks.clip_digits import digits_pairs
 
     out = tmp_path / "clip"
     assert cli_main(["train", "--config", str(REPO / "examples/configs/clip_digits.yaml"), "--num-threads", "1",

@@ -1,4 +1,5 @@
-"""Contrastive image–text training (CLIP): the task, its loss, and its retrieval and zero-shot metrics.
+"""Contrastive image–text training (CLIP): the task, its loss, its retrieval and zero-shot metrics, and the job
+that finetunes a pretrained CLIP on image–caption pairs (`ClipFinetune`).
 
     task = ClipTask(processor, class_names=["cat", "dog"], prompt="a photo of a {}.")
     fit(model, train_pairs, val_pairs, task=task, collate_fn=ImageCaptionCollator(processor), processor=processor)
@@ -18,15 +19,19 @@ import functools
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .errors import UserError
-from .metrics import Accuracy, Metric
-from .task import Output, Task
+from ..errors import UserError
+from ..job import Job, Parts
+from ..metrics import Accuracy, Metric
+from ..task import Output, Task
+from .captions import ImageCaptionCollator, ImageCaptions, hub_pairs, read_pairs
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP: "clipped to prevent scaling the logits by more than 100"
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
@@ -78,13 +83,6 @@ def contrastive_losses(image_embeds: torch.Tensor, text_embeds: torch.Tensor, lo
     return (image_to_text + text_to_image) / 2
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP (or torch.compile) wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
 def features(output: Any) -> torch.Tensor:
     """A tensor from `get_text_features` (transformers 5 returns an output object with `pooler_output`)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -124,9 +122,10 @@ class ClipTask(Task):
                                                return_tensors="pt"))
         self.class_embeds: torch.Tensor | None = None  # zero-shot classifier, made once per validation pass
         self.logit_scale: torch.Tensor | None = None
+        self._wrapped = self._inner = None  # the model as called, and inside its DDP wrapper (looked up once)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any]]:
-        inner = unwrap(model)
+        inner = self._unwrap(model)
         if not hasattr(inner, "logit_scale"):
             raise UserError("a CLIP-style model needs a learned temperature: add `self.logit_scale = "
                             "nn.Parameter(torch.tensor(math.log(1 / 0.07)))`, used as logits * logit_scale.exp().")
@@ -143,6 +142,13 @@ class ClipTask(Task):
             self.class_embeds = self._encode_prompts(inner, output.text_embeds.device)
         self.logit_scale = inner.logit_scale  # read by `losses`
         return output, {key: batch[key] for key in ("image_id", "caption_id", "label") if key in batch}
+
+    def _unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if model is not self._wrapped:
+            from accelerate.utils import extract_model_from_parallel
+
+            self._wrapped, self._inner = model, extract_model_from_parallel(model)
+        return self._inner
 
     def losses(self, output: Any, targets: dict[str, torch.Tensor]) -> Output:
         image, text = output.image_embeds, output.text_embeds
@@ -248,3 +254,73 @@ class ZeroShotAccuracy(Accuracy):
         if "zero_shot" not in predictions or "label" not in targets:
             raise UserError("zero-shot accuracy needs a label for every image: set the label column of the data.")
         super().update(predictions["zero_shot"], targets["label"])
+
+
+# -- the finetuning job ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ClipOptions:
+    """Which CLIP model to finetune, on which image–caption pairs (the flags of examples/finetune_clip.py)."""
+
+    model: str = "openai/clip-vit-base-patch32"  # Hub id, or a local folder with the model and its processor
+    train_file: str | None = None  # CSV/JSON/JSONL of image paths and captions, or an image folder with metadata.csv
+    validation_file: str | None = None  # the same for validation: retrieval recall, zero-shot accuracy
+    dataset: str | None = None  # a Hub dataset with image and caption columns, instead of files (needs a network)
+    dataset_config: str | None = None  # the Hub dataset's configuration, when it has several
+    train_split: str = "train"  # Hub split to train on (slices work: train[:95%])
+    validation_split: str = "validation"  # Hub split to validate on (train[95%:] holds out part of train)
+    image_column: str = "image"  # image paths (files, relative to the file or absolute) or images (Hub)
+    caption_column: str = "caption"  # caption text, or a list of captions per image
+    label_column: str | None = None  # each image's class (name or index), for zero-shot accuracy
+    class_names: list[str] = field(default_factory=list)  # zero-shot classes; none: no zero-shot accuracy
+    prompt: str = "a photo of a {}."  # zero-shot prompt; {} stands for the class name
+    gather_negatives: bool | None = None  # contrast with the pairs of all processes; default: with > 1 process
+    max_length: int | None = None  # caption tokens; default: the text model's maximum
+
+    def load_data(self) -> tuple[ImageCaptions, ImageCaptions]:
+        """(train, validation) pairs from files or a Hub dataset, checked before training."""
+        if self.class_names and not self.label_column:
+            raise UserError("zero-shot accuracy needs each image's class: set --job.label-column (or give no class "
+                            "names).")
+        columns = dict(image_column=self.image_column, caption_column=self.caption_column,
+                       label_column=self.label_column, class_names=self.class_names or None)
+        if self.dataset:
+            return (hub_pairs(self.dataset, self.train_split, config_name=self.dataset_config, **columns),
+                    hub_pairs(self.dataset, self.validation_split, config_name=self.dataset_config, **columns))
+        if not (self.train_file and self.validation_file):
+            raise UserError("give --job.train-file and --job.validation-file (CSV/JSON of image paths and captions, or "
+                            "image folders with metadata.csv), or --job.dataset NAME for a Hub dataset.")
+        return read_pairs(self.train_file, **columns), read_pairs(self.validation_file, **columns)
+
+
+def load_clip(name: str) -> tuple[Any, Any]:
+    """A CLIP-style model and its processor (`AutoModel`, `AutoProcessor`) from a Hub id or a local folder."""
+    from transformers import AutoModel, AutoProcessor
+
+    try:
+        return AutoModel.from_pretrained(name), AutoProcessor.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        where = "folder" if Path(name).exists() else "model"
+        raise UserError(f"cannot load the {where} {name} with its processor: {str(error).splitlines()[0]} (a local "
+                        "folder needs config.json, the weights and the processor files save_pretrained writes; a "
+                        "Hub id needs a network).") from None
+
+
+def text_max_length(model: Any) -> int | None:
+    """The longest caption the text model takes (CLIP: 77 tokens)."""
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    return getattr(text_config, "max_position_embeddings", None)
+
+
+@dataclass
+class ClipFinetune(ClipOptions, Job):
+    """Finetune a pretrained CLIP model on image–caption pairs (files or a Hub dataset); the processor is saved
+    beside the model in `<run>/model/`."""
+
+    def build(self, seed: int) -> Parts:
+        train_data, eval_data = self.load_data()  # every image is checked before the run folder is written
+        model, processor = load_clip(self.model)
+        task = ClipTask(processor, class_names=self.class_names or None, prompt=self.prompt,
+                        gather_negatives=self.gather_negatives)
+        collate = ImageCaptionCollator(processor, self.max_length or text_max_length(model))
+        return Parts(model, train_data, eval_data, task, collate, processor=processor)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from accel_train import UserError
-from accel_train.captions import ImageCaptionCollator, ImageCaptions, from_hf_dataset, read_pairs
-from accel_train.fusion import DIGIT_NAMES
-from conftest import REPO, run_python
-from multimodal_fixtures import CAPTIONS, write_digit_files, write_tokenizer_files
+from accel_train.tasks.captions import ImageCaptionCollator, ImageCaptions, from_hf_dataset, read_pairs
+from accel_train.tasks.vision import DIGIT_NAMES
+from support import REPO, run_python
+from support.multimodal import CAPTIONS, write_digit_files, write_tokenizer_files
 
 
 def _rows(path):
@@ -152,8 +152,9 @@ def test_bad_data_stops_the_example_before_any_output(tmp_path):
     path = write_digit_files(tmp_path, range(10))
     (tmp_path / "images/0004.png").unlink()
     out = tmp_path / "run"
-    proc = run_python([str(REPO / "examples/finetune_clip.py"), "--model", str(tmp_path / "no_model"),
-                       "--train-file", str(path), "--validation-file", str(path), "--image-column", "image_path",
+    proc = run_python([str(REPO / "examples/finetune_clip.py"), "--job.model", str(tmp_path / "no_model"),
+                       "--job.train-file", str(path), "--job.validation-file", str(path),
+                       "--job.image-column", "image_path",
                        "--output-dir", str(out)])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [

@@ -1,4 +1,4 @@
-"""A fusion model trained through the tuple batch path: `net(image, input_ids, attention_mask)`.
+"""A fusion model trained through the tuple batch path: `net(image, input_ids, attention_mask)` (`FusionDigits`).
 
 A small CNN encodes the image, a small transformer encodes the text, and a head reads both embeddings (and their
 product) to decide whether the text is true of the image: image–text matching on the handwritten digits ("a
@@ -11,6 +11,7 @@ matching head beside a contrastive objective:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -18,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .task import Output, Task
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_CAPTION = "a handwritten digit {}"
+from ..errors import UserError
+from ..job import Job, Parts
+from ..task import Output, Task
+from .captions import caption_tokenizer
+from .vision import DIGIT_CAPTION, DIGIT_NAMES, digits_splits
 
 
 class FusionOutput(NamedTuple):
@@ -103,8 +105,34 @@ class MatchingPairs(Dataset):
 
 
 def matching_splits(tokenizer: Any, val_fraction: float = 0.2, seed: int = 0) -> tuple[MatchingPairs, MatchingPairs]:
-    """Image–text matching pairs over the stratified digits split of `jobs.digits`."""
-    from .jobs.digits import digits_splits
-
+    """Image–text matching pairs over the stratified digits split of `tasks.vision`."""
     train, val = digits_splits(val_fraction, seed)
     return (MatchingPairs(*train.tensors, tokenizer, seed=seed), MatchingPairs(*val.tensors, tokenizer, seed=seed + 1))
+
+
+def fusion_tokenizer(name: str | None, texts: list[str]) -> Any:
+    """`AutoTokenizer` from a Hub id or folder, or (None) `caption_tokenizer` over the words of `texts`."""
+    if name is None:
+        return caption_tokenizer(texts)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizer {name}: {str(error).splitlines()[0]}") from None
+
+
+@dataclass
+class FusionDigits(Job):
+    """Image–text matching on the digits with `FusionNet` (image encoder + text encoder + fusion head), trained on
+    cross-entropy + alignment_weight x contrastive alignment."""
+
+    val_fraction: float = 0.2  # stratified hold-out share
+    dim: int = 64  # embedding width of both encoders
+    alignment_weight: float = 0.1  # weight of the contrastive alignment term
+    tokenizer: str | None = None  # Hub id or folder of a tokenizer; default: a vocabulary of the captions' words
+
+    def build(self, seed: int) -> Parts:
+        tokenizer = fusion_tokenizer(self.tokenizer, [DIGIT_CAPTION.format(name) for name in DIGIT_NAMES])
+        train_data, eval_data = matching_splits(tokenizer, self.val_fraction, seed)
+        return Parts(FusionNet(len(tokenizer), self.dim), train_data, eval_data, FusionTask(self.alignment_weight))

@@ -1,5 +1,5 @@
-"""What the user reads: the training plan printed once at start, the progress bar, one line per epoch and the
-final summary line. Only the main process prints."""
+"""The training plan: everything people get wrong about a launch (processes, precision in effect, effective batch,
+optimizer steps, warm-up), computed once at start, printed by the main process and written to `plan.json`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from .config import TrainConfig
 from .optim import steps_per_epoch
 
 PACKAGES = ("accel_train", "torch", "accelerate", "transformers", "datasets", "torchvision")
+COMPUTE_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+                  torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+BATCH_DEPENDENT_LAYERS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+                          torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+                          torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
 def _versions() -> dict[str, str]:
@@ -44,8 +49,7 @@ class ComputeDtype:
 
     def __init__(self, model):
         self.dtype: str | None = None
-        layer = next((m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))),
-                     None)
+        layer = next((m for m in model.modules() if isinstance(m, COMPUTE_LAYERS)), None)
         self._handle = layer.register_forward_hook(self._hook) if layer is not None else None
 
     def _hook(self, module, inputs, output) -> None:
@@ -57,8 +61,7 @@ class ComputeDtype:
 def batch_dependent_layers(model) -> list[str]:
     """Layer types whose training output depends on the batch split or on per-process randomness, so that N
     processes cannot match one process exactly: batch norm (per-process statistics) and dropout (masks)."""
-    kinds = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
-    return sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)})
+    return sorted({type(m).__name__ for m in model.modules() if isinstance(m, BATCH_DEPENDENT_LAYERS)})
 
 
 def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int,
@@ -136,45 +139,3 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
 def hparams(cfg: TrainConfig) -> dict[str, Any]:
     """The config as flat scalars, for trackers that store hyper-parameters."""
     return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in cfg.to_dict().items()}
-
-
-class _Quiet:
-    """The progress bar on processes that print nothing."""
-
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, **kwargs) -> None: ...
-    def write(self, line: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class _Lines(_Quiet):
-    def write(self, line: str) -> None:
-        print(line, flush=True)
-
-
-def progress_bar(accelerator, cfg: TrainConfig, total: int, done: int):
-    if not accelerator.is_main_process:
-        return _Quiet()
-    if not cfg.progress:
-        return _Lines()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True, leave=False)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def epoch_line(record: dict[str, Any], epochs: int | None) -> str:
-    keys = [k for k in record if k.count("/") == 1 and not k.endswith("/samples")]
-    body = "  ".join(f"{k} {_fmt(record[k])}" for k in keys)
-    return f"epoch {record['epoch']}{'/' + str(epochs) if epochs else ''}  {body}"
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    best = (f"best {summary['monitor']} {_fmt(summary['best_metric'])} at epoch {summary['best_epoch']}"
-            if summary["best_metric"] is not None else "no epoch completed")
-    rate = f"{summary['samples_per_s']:.0f} samples/s" if summary["samples_per_s"] else "-"
-    return (f"done: {best}; {summary['wall_time_s']:.1f} s wall, {rate}, {summary['processes']} process(es), "
-            f"{summary['precision']}; run folder {summary['run_dir']}")

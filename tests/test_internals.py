@@ -1,0 +1,53 @@
+"""accel_train.internals holds every private Accelerate and torch API the project uses: each one is still there,
+and the optimizer patch changes no number."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+
+import pytest
+
+from accel_train import internals
+from support import REPO
+
+PRIVATE = ("_reset_state", "_is_accelerate_prepared", "_original_forward", "_foreach_mul_", "_ConvNd", "_BatchNorm",
+           "_DropoutNd", "_orig_mod")
+
+
+def test_every_private_api_is_still_there():
+    assert internals.missing() == [], (
+        f"accel_train/internals.py relies on {internals.missing()}, which the installed accelerate/torch no longer "
+        "has: update that module for the new version")
+
+
+def test_no_other_module_uses_a_private_api():
+    for path in (REPO / "accel_train").rglob("*.py"):
+        if path.name == "internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE:
+                raise AssertionError(f"{path.relative_to(REPO)}:{node.lineno} uses {node.attr}: move it to internals")
+
+
+def test_the_lean_optimizer_is_used_and_changes_no_bit(tmp_path, monkeypatch, cifar_copy, one_thread):
+    """The golden digits job with the patch on and off: the same losses and weights, bit for bit."""
+    from golden.jobs import path, run
+
+    seen = []
+    original = internals.trim_optimizer_overhead
+    monkeypatch.setattr(importlib.import_module("accel_train.fit"), "trim_optimizer_overhead",
+                        lambda optimizer: (original(optimizer), seen.append(type(optimizer).__name__)))
+    patched = run("digits", cifar_copy, tmp_path / "on")
+    monkeypatch.setattr(internals, "PATCH_ACCELERATE", False)
+    plain = run("digits", cifar_copy, tmp_path / "off")
+    assert seen == ["_LeanAcceleratedOptimizer", "AcceleratedOptimizer"]
+    golden = json.loads(path("digits").read_text())
+    assert patched == plain
+    assert patched["losses"] == golden["losses"] and patched["weights_sha256"] == golden["weights_sha256"]
+
+
+@pytest.mark.parametrize("name", ["gradient_divisor", "scale_tensors_", "original_forward", "mark_prepared"])
+def test_internals_are_documented_in_the_module_docstring(name):
+    assert name in internals.__doc__

@@ -53,18 +53,21 @@ class NonFiniteGuard:
             not_finite = (~torch.isfinite(self.loss_sum)).float()
         return [not_finite, torch.tensor(float(self.stop_requested()), device=device)]
 
-    def decide(self, grads: list[torch.Tensor], norm: torch.Tensor | None, flags: torch.Tensor | None) -> None:
-        """Set `ok` and `stop` from the loss, the gradient norm and (several processes) the summed flags: at most
-        one host read (none in one process with policy `off`). All-reduced gradients are the same on every
-        process, so their norm agrees by itself. Raises NonFiniteError under `stop`."""
-        if self.policy != "off" and norm is None:
-            norm = torch.nn.utils.get_total_norm(grads)
-        elif self.policy == "off":
+    def decide(self, grads: list[torch.Tensor], norm: torch.Tensor | None, flags: torch.Tensor | None,
+               judge_gradients: bool = True) -> None:
+        """Set `ok` and `stop` from the loss, the gradient norm (unless `judge_gradients` is off: fp16, where the
+        grad scaler handles overflow) and (several processes) the summed flags: at most one host read (none in one
+        process with policy `off`). All-reduced gradients are the same on every process, so their norm agrees by
+        itself. Raises NonFiniteError under `stop`."""
+        if self.policy == "off" or not judge_gradients:
             norm = None
+        elif norm is None:
+            norm = torch.nn.utils.get_total_norm(grads)
         if flags is None:  # one process
             self.stop = self.stop_requested()
             loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else 0.0
-            self.ok = norm is None or bool(torch.isfinite(loss + norm))  # inf or nan in either: not finite
+            total = torch.as_tensor(loss + (0.0 if norm is None else norm))  # inf or nan in either: not finite
+            self.ok = self.policy == "off" or bool(torch.isfinite(total))
         else:
             if norm is not None:
                 flags = torch.cat([flags, (~torch.isfinite(norm)).float().reshape(1)])
@@ -153,11 +156,16 @@ class GradientWindow:
             units, flags = totals[0].clamp(min=1), totals[1:]
         if self.sums_loss and grads:
             scale_tensors_(grads, gradient_divisor(self.accelerator) / units)
+        scaler = self.accelerator.scaler  # fp16: gradients are scaled by the GradScaler's factor until unscaled
         if self.max_grad_norm:
-            self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)  # unscales first
         elif self.clip_value:
-            self.accelerator.clip_grad_value_(self.params, self.clip_value)
+            self.accelerator.clip_grad_value_(self.params, self.clip_value)  # unscales first
+        elif scaler is not None:
+            self.accelerator.unscale_gradients()  # the guard and the optimizer see true gradients
         self.units = 0
-        self.guard.decide(grads, self.norm, flags)
-        if not self.ok and self.accelerator.scaler is not None:
-            self.accelerator.scaler.update()  # fp16: leave the grad scaler ready for the next step
+        # Under fp16 an overflowing gradient is the scaler's business: its step skips the update and backs the scale
+        # off, as it is meant to in the first steps. The guard judges the loss alone there.
+        self.guard.decide(grads, None if scaler is not None else self.norm, flags, judge_gradients=scaler is None)
+        if not self.ok and scaler is not None:
+            scaler.update()  # the unscaled window is not stepped: the scaler's next window starts clean

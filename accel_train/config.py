@@ -66,7 +66,7 @@ class TrainConfig:
     # -- devices and precision ---------------------------------------------------------------------------------
     mixed_precision: Precision | None = None  # no / fp16 / bf16; default: what the launch config says
     cpu: bool = False  # train on the CPU even when a GPU is present
-    num_threads: int | None = None  # torch threads per process; default: CPU cores / local processes
+    num_threads: int | None = None  # torch threads per process; default: OMP_NUM_THREADS, else a share of idle cores
     find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
 
     # -- checkpoints and recovery ---------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
-        for key in ("checkpoint_every", "stop_at_step", "early_stopping"):
+        for key in ("checkpoint_every", "stop_at_step", "early_stopping", "num_threads"):
             if getattr(self, key) is not None:
                 positive[key] = getattr(self, key)
         if self.eval_batch_size is not None:

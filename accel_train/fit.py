@@ -76,13 +76,13 @@ def fit(
     """
     cfg = config or TrainConfig()
     started = time.perf_counter()
-    set_threads(cfg.num_threads)
+    threads_rule = set_threads(cfg.num_threads)[1]
     jsonl = JsonlTracker(".")
     accelerator, notes = make_accelerator(cfg, trackers=[jsonl, *cfg.log_with])
     try:
         with StopRequest(cfg.stop_at_step) as stop:
             run = _setup(accelerator=accelerator, cfg=cfg, jsonl=jsonl, stop=stop, notes=notes, options=options,
-                         model=model, train_data=train_data, eval_data=eval_data,
+                         threads_rule=threads_rule, model=model, train_data=train_data, eval_data=eval_data,
                          task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)),
                          optimizer=optimizer, scheduler=scheduler, collate_fn=collate_fn)
             stopped = train_epochs(run)
@@ -92,6 +92,7 @@ def fit(
 
 
 def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequest, notes: list[str], options,
+           threads_rule: str,
            model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
@@ -117,7 +118,7 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
                                                      build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
-    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model)
+    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule)
     if accelerator.is_main_process:
         write_config(run_dir, {**cfg.to_dict(), **_as_dict(options)})
         plans.write(run_dir, plan)

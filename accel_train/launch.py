@@ -33,17 +33,43 @@ def _has_gpu() -> bool:
     return any(b is not None and b.is_available() for b in backends)
 
 
-def set_threads(num_threads: int | None) -> int:
-    """Give each local process its share of the CPU cores (1 thread each for 2 processes on 2 cores).
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
-    More OpenMP threads than cores busy-wait against each other: measured 5x to 100x slower steps.
+
+def idle_cores(cores: list[int], sample_s: float = 0.05, busy_percent: float = 50.0) -> int:
+    """How many of `cores` another process is not keeping busy now (psutil, sampled over `sample_s`)."""
+    import psutil
+
+    load = psutil.cpu_percent(interval=sample_s, percpu=True)
+    return sum(1 for core in cores if core >= len(load) or load[core] < busy_percent)
+
+
+def choose_threads(num_threads: int | None) -> tuple[int, str]:
+    """Torch threads for this process, and the rule that chose them (shown in the plan).
+
+    --num-threads wins; then OMP_NUM_THREADS (also what `accelerate launch --num_cpu_threads_per_process` sets);
+    otherwise this process's share of the cores that are idle now. More OpenMP threads than free cores busy-wait
+    against each other and against the neighbour's job: measured 15x slower on a 2-core machine with one core busy.
     """
-    if num_threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # set by the launcher for this machine
-        num_threads = max(1, cores // max(1, local))
-    torch.set_num_threads(num_threads)
-    return num_threads
+    if num_threads is not None:
+        return num_threads, "--num-threads"
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp:
+        if not omp.isdigit() or int(omp) < 1:
+            raise UserError(f"OMP_NUM_THREADS={omp} is not a thread count: set it to 1 or more, or unset it.")
+        return int(omp), "OMP_NUM_THREADS"
+    cores = _cores()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # set by the launcher for this machine
+    idle = idle_cores(cores)
+    return max(1, min(len(cores), idle) // local), f"{idle} of {len(cores)} cores idle, {local} process(es) here"
+
+
+def set_threads(num_threads: int | None) -> tuple[int, str]:
+    """Set torch's threads for this process (see `choose_threads`); returns (threads, rule)."""
+    threads, rule = choose_threads(num_threads)
+    torch.set_num_threads(threads)
+    return threads, rule
 
 
 def check_launch(cfg: TrainConfig) -> tuple[bool, str, list[str]]:

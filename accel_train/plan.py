@@ -64,8 +64,8 @@ def batch_dependent_layers(model) -> list[str]:
     return sorted({type(m).__name__ for m in model.modules() if isinstance(m, BATCH_DEPENDENT_LAYERS)})
 
 
-def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int,
-             notes: list[str], model) -> dict[str, Any]:
+def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int, notes: list[str], model,
+             threads_rule: str | None = None) -> dict[str, Any]:
     """The training plan: everything people get wrong about a launch, computed once."""
     try:
         batches = len(train_loader)
@@ -79,6 +79,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "processes": accelerator.num_processes,
         "machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", "1")) or 1),
         "threads_per_process": torch.get_num_threads() if accelerator.device.type == "cpu" else None,
+        "threads_rule": threads_rule if accelerator.device.type == "cpu" else None,
         "precision": accelerator.mixed_precision,
         "precision_in_effect": precision_in_effect(accelerator),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -117,7 +118,8 @@ def write(run_dir: Path, plan: dict[str, Any]) -> None:
 
 
 def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str:
-    dev = plan["device"] + (f", {plan['threads_per_process']} thread(s) each" if plan["threads_per_process"] else "")
+    threads, rule = plan["threads_per_process"], plan.get("threads_rule")
+    dev = plan["device"] + (f", {threads} thread(s) each" + (f" [{rule}]" if rule else "") if threads else "")
     lines = [
         f"accel_train plan  ->  {run_dir}",
         f"  processes   {plan['processes']} x {dev} ({plan['distributed_type']})",

@@ -3,8 +3,12 @@ with one clear line, a non-zero exit, and no training."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from accel_train import TrainConfig, UserError
 from support import CONFIGS, REPO, launch, run_python
 
 MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
@@ -72,3 +76,44 @@ def test_console_script_bad_key_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "Did you mean `batch_size`?" in proc.stderr
     proc = run_python(["-m", "accel_train", "train", "--help"])
     assert proc.returncode == 0 and "--grad_accum" in proc.stdout and "--job" in proc.stdout
+
+
+def test_thread_rules_in_order(monkeypatch):
+    from accel_train.launch import choose_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(1) == (1, "--num-threads")
+    assert choose_threads(None) == (2, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(UserError, match="OMP_NUM_THREADS=two is not a thread count"):
+        choose_threads(None)
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_num_threads_below_one_is_a_clear_error(value):
+    with pytest.raises(UserError, match=f"num_threads must be at least 1 \\(got {value}\\)"):
+        TrainConfig(num_threads=value)
+
+
+def test_a_core_kept_busy_by_another_process_is_left_to_it(monkeypatch):
+    """A real busy process pinned to one core: the default takes only the cores that are free."""
+    import os
+    import time
+
+    from accel_train.launch import choose_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            preexec_fn=lambda: os.sched_setaffinity(0, {cores[0]}))
+    try:
+        time.sleep(0.5)
+        threads, rule = choose_threads(None)
+    finally:
+        busy.kill()
+        busy.wait()
+    idle = int(rule.split(" of ")[0])  # other load on the machine may leave fewer cores idle, never more
+    assert rule == f"{idle} of {len(cores)} cores idle, 1 process(es) here" and idle <= len(cores) - 1
+    assert threads == max(1, idle)

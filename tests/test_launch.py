@@ -3,13 +3,10 @@ with one clear line, a non-zero exit, and no training."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from accel_train import TrainConfig, UserError
-from support import CONFIGS, REPO, launch, run_python
+from support import CONFIGS, REPO, busy_core, launch, run_python
 
 MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
 DIGITS = ["-m", "accel_train", "train", "--config", "examples/configs/digits.yaml", "--epochs", "1",
@@ -98,7 +95,6 @@ def test_num_threads_below_one_is_a_clear_error(value):
 def test_a_core_kept_busy_by_another_process_is_left_to_it(monkeypatch):
     """A real busy process pinned to one core: the default takes only the cores that are free."""
     import os
-    import time
 
     from accel_train.launch import choose_threads
 
@@ -106,14 +102,8 @@ def test_a_core_kept_busy_by_another_process_is_left_to_it(monkeypatch):
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("needs 2 cores")
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                            preexec_fn=lambda: os.sched_setaffinity(0, {cores[0]}))
-    try:
-        time.sleep(0.5)
+    with busy_core():
         threads, rule = choose_threads(None)
-    finally:
-        busy.kill()
-        busy.wait()
     idle = int(rule.split(" of ")[0])  # other load on the machine may leave fewer cores idle, never more
     assert rule == f"{idle} of {len(cores)} cores idle, 1 process(es) here" and idle <= len(cores) - 1
     assert threads == max(1, idle)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support import busy_core
+
 REPO = Path(__file__).resolve().parents[2]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 EPOCHS = os.environ.get("BENCH_EPOCHS", "3")
@@ -46,17 +48,11 @@ def test_default_threads_on_a_machine_with_a_busy_core():
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("needs 2 cores")
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                            preexec_fn=lambda: os.sched_setaffinity(0, {cores[0]}))
-    try:
-        accel, plain = [], []
-        with tempfile.TemporaryDirectory() as tmp:
-            for i in range(RUNS):
-                plain.append(_plain())
-                accel.append(_accel(Path(tmp) / f"run{i}"))
-    finally:
-        busy.kill()
-        busy.wait()
+    accel, plain = [], []
+    with busy_core(), tempfile.TemporaryDirectory() as tmp:
+        for i in range(RUNS):
+            plain.append(_plain())
+            accel.append(_accel(Path(tmp) / f"run{i}"))
     ratio = statistics.median(a / p for a, p in zip(accel, plain))
     print(f"\ndigits CNN, {EPOCHS} epochs, one of {len(cores)} cores busy, {RUNS} interleaved pairs: training time "
           f"accel_train (default threads) {statistics.median(accel):.2f} s, plain loop (OMP_NUM_THREADS=1) "

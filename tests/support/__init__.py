@@ -4,6 +4,7 @@ Imported as `support` (pytest's `pythonpath` puts tests/ and tests/scripts/ on t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -56,3 +57,19 @@ def run_example(name: str, argv: list[str]):
     import runpy
 
     return runpy.run_path(str(REPO / "examples" / name), run_name="example")["main"](argv)
+
+
+@contextlib.contextmanager
+def busy_core():
+    """Another process keeping one core busy (pinned to it), as a neighbour's job would; yields that core."""
+    import time
+
+    core = sorted(os.sched_getaffinity(0))[0]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    try:
+        time.sleep(0.5)  # let it take the core
+        yield core
+    finally:
+        busy.kill()
+        busy.wait()

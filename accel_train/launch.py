@@ -45,17 +45,36 @@ def idle_cores(cores: list[int], sample_s: float = 0.05, busy_percent: float = 5
     return sum(1 for core in cores if core >= len(load) or load[core] < busy_percent)
 
 
+def _launcher_default() -> bool:
+    """Whether OMP_NUM_THREADS is `accelerate launch`'s own default, not the user's: when neither the launcher's
+    environment nor its command line gives a count, it sets physical cores / processes, which busy-waits against
+    anyone else on the machine (read from the launcher process itself, an ancestor of this one)."""
+    if not any(key.startswith("ACCELERATE_") for key in os.environ):
+        return False
+    import psutil
+
+    try:
+        for parent in psutil.Process().parents():
+            cmd = parent.cmdline()
+            if "launch" in cmd and any(part.endswith(("accelerate", "accelerate.commands.launch")) for part in cmd):
+                given = any(part.startswith("--num_cpu_threads_per_process") for part in cmd)
+                return not given and "OMP_NUM_THREADS" not in parent.environ()
+    except psutil.Error:  # a parent we may not read: keep the count we were given
+        return False
+    return False
+
+
 def choose_threads(num_threads: int | None) -> tuple[int, str]:
     """Torch threads for this process, and the rule that chose them (shown in the plan).
 
-    --num-threads wins; then OMP_NUM_THREADS (also what `accelerate launch --num_cpu_threads_per_process` sets);
-    otherwise this process's share of the cores that are idle now. More OpenMP threads than free cores busy-wait
+    --num-threads wins; then OMP_NUM_THREADS (also what `accelerate launch --num_cpu_threads_per_process` sets,
+    but not the count the launcher picks by itself); otherwise this process's share of the cores that are idle now. More OpenMP threads than free cores busy-wait
     against each other and against the neighbour's job: measured 15x slower on a 2-core machine with one core busy.
     """
     if num_threads is not None:
         return num_threads, "--num-threads"
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp:
+    if omp and not _launcher_default():
         if not omp.isdigit() or int(omp) < 1:
             raise UserError(f"OMP_NUM_THREADS={omp} is not a thread count: set it to 1 or more, or unset it.")
         return int(omp), "OMP_NUM_THREADS"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from accel_train import TrainConfig, UserError
-from support import CONFIGS, REPO, busy_core, launch, run_python
+from support import CONFIGS, REPO, busy_core, check, launch, run_python
 
 MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
 DIGITS = ["-m", "accel_train", "train", "--config", "examples/configs/digits.yaml", "--epochs", "1",
@@ -107,3 +107,18 @@ def test_a_core_kept_busy_by_another_process_is_left_to_it(monkeypatch):
     idle = int(rule.split(" of ")[0])  # other load on the machine may leave fewer cores idle, never more
     assert rule == f"{idle} of {len(cores)} cores idle, 1 process(es) here" and idle <= len(cores) - 1
     assert threads == max(1, idle)
+
+
+def test_accelerate_launch_own_thread_default_gives_way_to_idle_cores(tmp_path):
+    """`accelerate launch` sets OMP_NUM_THREADS to cores / processes when the user gave no count: with a core kept
+    busy, that count is not taken; a count the user gives the launcher is."""
+    import json
+
+    with busy_core():
+        check(launch([*DIGITS, "--max-steps", "2", "--output-dir", str(tmp_path / "auto")], config="cpu.yaml"))
+    check(launch([*DIGITS, "--max-steps", "2", "--output-dir", str(tmp_path / "given")], config="cpu.yaml",
+                 launch_args=("--num_cpu_threads_per_process", "2")))
+    auto = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    given = json.loads((tmp_path / "given" / "plan.json").read_text())
+    assert auto["threads_rule"].endswith("cores idle, 1 process(es) here") and auto["threads_per_process"] == 1
+    assert (given["threads_rule"], given["threads_per_process"]) == ("OMP_NUM_THREADS", 2)

@@ -69,6 +69,12 @@ class TrainConfig:
     num_threads: int | None = None  # torch threads per process; default: OMP_NUM_THREADS, else a share of idle cores
     find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
 
+    # -- speed (accel_train.speed) ----------------------------------------------------------------------------------
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"  # torch kernels; auto: fused on CUDA
+    channels_last: bool = False  # CNNs: NHWC weights and activations (faster convolutions on GPUs)
+    tf32: bool = False  # TF32 float32 matmuls and convolutions (Ampere or newer NVIDIA GPUs)
+    gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in backward, less memory
+
     # -- checkpoints and recovery ---------------------------------------------------------------------------------
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch); always each epoch
     keep_checkpoints: int = 1  # newest complete checkpoints kept; the best one is kept as well

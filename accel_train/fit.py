@@ -13,6 +13,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
 from . import plan as plans
+from . import speed
 from .checkpoint import (Checkpointer, Progress, StopRequest, load_meter, read_progress, resolve_resume,
     truncate_metrics)
 from .config import TrainConfig
@@ -104,7 +105,9 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
         eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)
-    optimizer = optimizer or build_optimizer(cfg, model)
+    device = accelerator.device.type
+    speedups = speed.prepare_model(cfg, model, device) + ([] if optimizer else [speed.describe_optimizer(cfg, device)])
+    optimizer = optimizer or build_optimizer(cfg, model, **speed.optimizer_kwargs(cfg, device))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)
     batches = batches_per_process(train_loader)
@@ -118,7 +121,7 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
                                                      build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
-    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule)
+    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups)
     if accelerator.is_main_process:
         write_config(run_dir, {**cfg.to_dict(), **_as_dict(options)})
         plans.write(run_dir, plan)

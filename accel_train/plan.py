@@ -65,7 +65,7 @@ def batch_dependent_layers(model) -> list[str]:
 
 
 def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int, notes: list[str], model,
-             threads_rule: str | None = None) -> dict[str, Any]:
+             threads_rule: str | None = None, speed: list[str] = ()) -> dict[str, Any]:
     """The training plan: everything people get wrong about a launch, computed once."""
     try:
         batches = len(train_loader)
@@ -95,6 +95,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "total_steps": steps,
         "warmup_steps": warmup,
         "optimizer": cfg.optimizer,
+        "speed": list(speed),  # the speed options in effect, and the optimizer's kernels
         "scheduler": cfg.scheduler,
         "notes": notes,
         "versions": _versions(),
@@ -132,6 +133,8 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
         f"  data        {_count(plan['train_samples'])} train / {_count(plan['eval_samples'])} validation samples; "
         f"model {plan['trainable_parameters']:,} trainable parameters",
     ]
+    if plan.get("speed"):
+        lines.append(f"  speed       {', '.join(plan['speed'])}")
     if resume_from is not None:
         lines.append(f"  resume      from {resume_from}")
     lines += [f"  note        {note}" for note in plan["notes"]]

@@ -74,6 +74,11 @@ class TrainConfig:
     channels_last: bool = False  # CNNs: NHWC weights and activations (faster convolutions on GPUs)
     tf32: bool = False  # TF32 float32 matmuls and convolutions (Ampere or newer NVIDIA GPUs)
     gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in backward, less memory
+    compile: Literal["off", "full", "regional"] = "off"  # torch.compile the model; regional: each repeated block
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "aot_eager", "eager", "cudagraphs"] = "inductor"  # eager: capture only
+    pin_memory: bool | None = None  # page-locked batches copied without blocking; default: on with a GPU
+    auto_batch_size: bool = False  # on out-of-memory, a smaller per-device batch and more accumulation (same effect)
 
     # -- checkpoints and recovery ---------------------------------------------------------------------------------
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch); always each epoch

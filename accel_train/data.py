@@ -18,16 +18,18 @@ def _is_hf_dataset(data: Any) -> bool:
 
 
 def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, num_workers: int = 0,
-                split: str = "train", seed: int = 0) -> DataLoader:
+                split: str = "train", seed: int = 0, pin_memory: bool | None = None) -> DataLoader:
     """A DataLoader over `data` (returned as is when it is one already).
 
     The loader gets its own random generator, so that starting an iterator never draws from the global RNG
-    (which dropout uses): a run resumed mid-epoch then continues with the same random numbers.
+    (which dropout uses): a run resumed mid-epoch then continues with the same random numbers. `pin_memory`
+    defaults to on when a GPU is present.
     """
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, ProcessShard):
-        return _shard_loader(data, batch_size, collate_fn, num_workers)
+        return _shard_loader(data, batch_size, collate_fn, num_workers, pin_memory)
     if data is None or not (isinstance(data, (Dataset, IterableDataset)) or _is_hf_dataset(data)
                             or hasattr(data, "__getitem__")):
         raise UserError(f"the {split} data must be a torch Dataset, a datasets.Dataset or a DataLoader, "
@@ -43,8 +45,8 @@ def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, n
         shuffle=shuffle and not iterable,
         collate_fn=collate_fn,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,  # workers live across epochs: no start-up cost per epoch
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -158,14 +160,14 @@ class ProcessShard(IterableDataset):
                 self.dataset.set_epoch(epoch)
 
 
-def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int) -> DataLoader:
+def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int, pin_memory: bool) -> DataLoader:
     """A loader over this process's own shard, prepared by Accelerate as for one process (batches moved to the
     device, nothing split) and marked as prepared, so that `accelerator.prepare` leaves it as it is."""
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import PartialState
 
     loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=pin_memory)
     loader = prepare_data_loader(loader, PartialState().device, num_processes=1, process_index=0,
                                  put_on_device=True, dispatch_batches=False)
     mark_prepared(loader)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import is_compiled_module
+
 from .checkpoint import Checkpointer, Progress, StopRequest
 from .config import TrainConfig
 from .data import TrainBatches
@@ -187,8 +189,11 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
     summary = _summary(run, time.perf_counter() - started, stopped, best)
     if not stopped:
         accelerator.wait_for_everyone()
-        accelerator.save_model(run.model, str(run.run_dir), safe_serialization=True)
-        _export_pretrained(accelerator, run.model, processor, run.run_dir / "model")
+        model = run.model
+        if is_compiled_module(model):  # export the model's own names, not torch.compile's `_orig_mod.` ones
+            model = accelerator.unwrap_model(model, keep_torch_compile=False)
+        accelerator.save_model(model, str(run.run_dir), safe_serialization=True)
+        _export_pretrained(accelerator, model, processor, run.run_dir / "model")
     if accelerator.is_main_process:
         write_summary(run.run_dir, summary)
     accelerator.print(summary_line(summary))

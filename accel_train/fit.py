@@ -14,6 +14,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from . import plan as plans
 from . import speed
+from .batch_size import fit_batch_size
 from .checkpoint import (Checkpointer, Progress, StopRequest, load_meter, read_progress, resolve_resume,
     truncate_metrics)
 from .config import TrainConfig
@@ -96,17 +97,25 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
            threads_rule: str,
            model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
+    if cfg.auto_batch_size:
+        asked = cfg.batch_size
+        cfg = fit_batch_size(accelerator, cfg, model, task, train_data, collate_fn)
+        if cfg.batch_size != asked:
+            notes.append(f"--auto-batch-size: {asked} per device did not fit in memory; {cfg.batch_size} x "
+                         f"{cfg.grad_accum} accumulation keeps the effective batch")
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
     jsonl.path = run_dir / "metrics.jsonl"
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
     monitor = Monitor.for_task(cfg, task)
-    loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed)
+    loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed,
+                       pin_memory=speed.pin_memory(cfg, accelerator.device.type != "cpu"))
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
         eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)
     device = accelerator.device.type
-    speedups = speed.prepare_model(cfg, model, device) + ([] if optimizer else [speed.describe_optimizer(cfg, device)])
+    speedups = [*speed.prepare_model(cfg, model, device), *speed.describe_compile(cfg),
+                *([] if optimizer else [speed.describe_optimizer(cfg, device)])]
     optimizer = optimizer or build_optimizer(cfg, model, **speed.optimizer_kwargs(cfg, device))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)

@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from . import speed
 from .config import TrainConfig
 from .errors import UserError
 from .internals import reset_accelerate_state
@@ -138,7 +139,9 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | None = None, trackers:
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum,
         # Same shuffled order on every process and for any process count: seed + epoch decide it.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                  non_blocking=speed.pin_memory(cfg, not cpu)),
+        dynamo_plugin=speed.dynamo_plugin(cfg, cpu),
         # Our schedules count optimizer steps; Accelerate would otherwise step them once per process.
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],

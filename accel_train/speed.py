@@ -5,10 +5,15 @@ with one line where it cannot apply.
     channels_last           NHWC weights, so 2-D convolutions run in channels-last kernels (GPUs: tensor cores)
     tf32                    TF32 float32 matmuls and convolutions on Ampere or newer NVIDIA GPUs
     gradient_checkpointing  Hugging Face models recompute activations in backward: less memory, more compute
+    compile                 torch.compile through Accelerate's dynamo plugin: the whole model, or each repeated
+                            block (regional: the same code compiled once, a fraction of the warm-up)
+    pin_memory              page-locked host batches, copied to the GPU without blocking
 """
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from typing import Any
 
 import torch
@@ -62,3 +67,36 @@ def prepare_model(cfg: TrainConfig, model: torch.nn.Module, device_type: str) ->
         torch.backends.cudnn.allow_tf32 = True
         applied.append("tf32")
     return applied
+
+
+def pin_memory(cfg: TrainConfig, gpu: bool) -> bool:
+    """Whether loaders pin their batches (and copies do not block): --pin-memory, default on with a GPU."""
+    if cfg.pin_memory and not gpu:
+        raise UserError("--pin-memory true needs a GPU to copy the batches to; this run is on the CPU. Drop it.")
+    return gpu if cfg.pin_memory is None else cfg.pin_memory
+
+
+def dynamo_plugin(cfg: TrainConfig, cpu: bool):
+    """Accelerate's TorchDynamoPlugin for --compile, or None when off (the launch config's dynamo settings then
+    apply, as Accelerate reads them)."""
+    if cfg.compile == "off":
+        return None
+    from accelerate.utils import DynamoBackend, TorchDynamoPlugin
+
+    if cfg.compile_backend == "inductor":
+        if cpu and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+            raise UserError("--compile with the inductor backend on the CPU needs a C++ compiler (g++ or clang++); "
+                            "install one, or pass --compile-backend eager.")
+        if not cpu and importlib.util.find_spec("triton") is None:
+            raise UserError("--compile with the inductor backend on a GPU needs triton: pip install triton, or pass "
+                            "--compile-backend eager.")
+    if cfg.compile_backend == "cudagraphs" and cpu:
+        raise UserError("--compile-backend cudagraphs needs a CUDA GPU; use inductor or eager on the CPU.")
+    return TorchDynamoPlugin(backend=DynamoBackend(cfg.compile_backend.upper()), mode=cfg.compile_mode,
+                             use_regional_compilation=cfg.compile == "regional")
+
+
+def describe_compile(cfg: TrainConfig) -> list[str]:
+    if cfg.compile == "off":
+        return []
+    return [f"compile {cfg.compile} ({cfg.compile_backend}, mode {cfg.compile_mode})"]

@@ -100,3 +100,78 @@ def test_an_unknown_optimizer_impl_names_the_choices():
 
     with pytest.raises(UserError, match="optimizer_impl"):
         parse_config(["--optimizer-impl", "turbo"])
+
+
+def test_compile_through_accelerate_captures_the_model_and_changes_no_number(tmp_path, cifar_copy, one_thread):
+    """--compile full with the eager backend (dynamo's capture without code generation, quick on a CPU): the model
+    is compiled by Accelerate's prepare, and the golden digits job computes the same bits."""
+    from accelerate.utils import is_compiled_module
+
+    from accel_train.launch import make_accelerator, shutdown
+    from golden.jobs import COMMON, jobs, path, result
+    from accel_train.cli import main
+
+    accelerator, _ = make_accelerator(TrainConfig(cpu=True, compile="full", compile_backend="eager"))
+    assert is_compiled_module(accelerator.prepare(nn.Linear(2, 2)))
+    shutdown(accelerator)
+    out = tmp_path / "compiled"
+    assert main(["train", *jobs(cifar_copy)["digits"], *COMMON, "--output-dir", str(out), "--compile", "full",
+                 "--compile-backend", "eager"]) == 0
+    golden = json.loads(path("digits").read_text())
+    got = result(out)
+    assert got["losses"] == golden["losses"] and got["weights_sha256"] == golden["weights_sha256"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["speed"] == ["compile full (eager, mode default)", "foreach adamw"]
+
+
+@pytest.mark.parametrize(("settings", "line"), [
+    ({"compile": "full", "compile_backend": "cudagraphs"},
+     "--compile-backend cudagraphs needs a CUDA GPU; use inductor or eager on the CPU."),
+    ({"pin_memory": True}, "--pin-memory true needs a GPU to copy the batches to; this run is on the CPU. Drop it."),
+])
+def test_compile_and_pinning_that_cannot_apply_are_one_line(tmp_path, settings, line):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.arange(8) % 2)
+    with pytest.raises(UserError) as error:
+        fit(nn.Linear(4, 2), data, config=TrainConfig(output_dir=str(tmp_path / "run"), progress=False, cpu=True,
+                                                      **settings))
+    assert str(error.value) == line and not (tmp_path / "run").exists()
+
+
+class _Hungry(nn.Module):
+    """Runs out of memory on batches larger than `fits`, as a GPU would (the message CUDA gives)."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        self.fits, self.net = fits, nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        if len(x) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def _hungry_run(tmp_path, name: str, fits: int, **settings) -> dict:
+    torch.manual_seed(0)
+    model = _Hungry(fits)
+    data = torch.utils.data.TensorDataset(torch.randn(96, 4, generator=torch.Generator().manual_seed(1)),
+                                          torch.arange(96) % 3)
+    fit(model, data, config=TrainConfig(output_dir=str(tmp_path / name), epochs=2, progress=False, **settings))
+    return {"plan": json.loads((tmp_path / name / "plan.json").read_text()),
+            "weights": load_file(tmp_path / name / "model.safetensors")}
+
+
+def test_auto_batch_size_steps_down_and_keeps_the_effective_batch(tmp_path, one_thread):
+    auto = _hungry_run(tmp_path, "auto", fits=10, batch_size=32, auto_batch_size=True)
+    assert (auto["plan"]["batch_size_per_device"], auto["plan"]["grad_accum"]) == (8, 4)  # 32 and 16 did not fit
+    assert auto["plan"]["effective_batch"] == 32 and auto["plan"]["total_steps"] == 6
+    assert auto["plan"]["notes"] == ["--auto-batch-size: 32 per device did not fit in memory; 8 x 4 accumulation "
+                                     "keeps the effective batch"]
+    by_hand = _hungry_run(tmp_path, "by-hand", fits=10, batch_size=8, grad_accum=4)
+    for key, value in by_hand["weights"].items():  # the probe left no trace: bitwise the run asked for by hand
+        assert torch.equal(auto["weights"][key], value), key
+
+
+def test_auto_batch_size_that_finds_nothing_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--auto-batch-size: no per-device batch fits in memory, not even 1 sample"):
+        _hungry_run(tmp_path, "none", fits=0, batch_size=4, auto_batch_size=True)
+    assert not (tmp_path / "none").exists()

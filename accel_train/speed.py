@@ -49,8 +49,9 @@ def prepare_model(cfg: TrainConfig, model: torch.nn.Module, device_type: str) ->
         applied.append("channels_last")
     if cfg.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise UserError(f"--gradient-checkpointing needs a Hugging Face model that supports it; {type(model).__name__}"
-                            " does not. For your own model, wrap blocks in torch.utils.checkpoint.checkpoint.")
+            raise UserError("--gradient-checkpointing needs a Hugging Face model that supports it; "
+                            f"{type(model).__name__} does not. For your own model, wrap blocks in "
+                            "torch.utils.checkpoint.checkpoint.")
         kwargs = {"use_reentrant": False}  # the reentrant variant needs inputs that require grad
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renames the switch
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

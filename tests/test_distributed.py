@@ -98,3 +98,11 @@ def test_readme_script_under_cpu_ddp(tmp_path):
     assert summary["processes"] == 2 and summary["final_val"]["samples"] == 297
     assert summary["best_metric"] >= 0.85
     assert proc.stdout.count("done:") == 1, "only the main process prints"
+
+
+def test_one_gradient_all_reduce_per_optimizer_step_under_accumulation(tmp_path):
+    """2 processes, accumulation 4, 5 optimizer steps: DDP's comm hook sees 5 all-reduces (the small CNN's gradients
+    fit one bucket), not 20; the micro-batches inside a window only accumulate."""
+    check(launch([str(SCRIPTS / "comm_count.py"), str(tmp_path), "5", "4"]))
+    counts = [json.loads((tmp_path / f"count_{rank}.json").read_text())["allreduce"] for rank in (0, 1)]
+    assert counts == [5, 5]

@@ -161,6 +161,12 @@ def _explain(message: str, extra_keys: list[str]) -> str:
                     "Run with --help to list the valid keys.")
     typed = re.search(r'key "([\w.]+)":\s*(.*)', message, re.S)
     if typed:
+        choices = re.search(r"Expected a typing\.Literal\[(.*?)\]", typed.group(2))
+        value = re.search(r"(?:Got|Given) value: (\S+)\s*$", typed.group(2))
+        if choices and value:  # one of a fixed set (or none): name the flag and the choices, not Python types
+            flag = "--" + typed.group(1).replace("_", "-")
+            options = ", ".join(option.strip(" '\"") for option in choices.group(1).split(","))
+            return f"{flag} must be one of {options} (got {value.group(1)})."
         return f"bad value for `{typed.group(1)}`: {' '.join(typed.group(2).split())}"
     return " ".join(message.split())
 

@@ -43,8 +43,8 @@ def test_unknown_job_option_names_closest_option():
 def test_wrong_type_is_named():
     with pytest.raises(UserError, match=r"bad value for `epochs`.*three"):
         parse_config(["--epochs", "three"])
-    with pytest.raises(UserError, match="mixed_precision"):
-        parse_config(["--mixed-precision", "fp8"])
+    with pytest.raises(UserError, match=r"^--scheduler must be one of constant, step, .* \(got cosin\)\.$"):
+        parse_config(["--scheduler", "cosin"])
 
 
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--grad-accum", "0"), ("--epochs", "0"),
@@ -96,3 +96,15 @@ def test_an_example_takes_its_job_and_the_same_flags():
     assert job == Digits(val_fraction=0.2, channels=8) and cfg.epochs == 2 and cfg.lr == 0.003
     cfg, job = parse_config([], options=Digits)  # no job file: the class's own defaults
     assert job == Digits() and cfg == TrainConfig()
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--mixed-precision", "fp8"], "--mixed-precision must be one of no, fp16, bf16 (got fp8)."),
+    (["--compile-mode", "fast"],
+     "--compile-mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (got fast)."),
+    (["--optimizer-impl", "turbo"], "--optimizer-impl must be one of auto, fused, foreach, for_loop (got turbo)."),
+])
+def test_a_value_outside_a_fixed_set_names_the_choices(argv, line):
+    with pytest.raises(UserError) as error:
+        parse_config(argv)
+    assert str(error.value) == line

@@ -95,13 +95,6 @@ def test_an_option_that_cannot_apply_is_one_line_before_anything_is_written(tmp_
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_an_unknown_optimizer_impl_names_the_choices():
-    from accel_train import parse_config
-
-    with pytest.raises(UserError, match="optimizer_impl"):
-        parse_config(["--optimizer-impl", "turbo"])
-
-
 def test_compile_through_accelerate_captures_the_model_and_changes_no_number(tmp_path, cifar_copy, one_thread):
     """--compile full with the eager backend (dynamo's capture without code generation, quick on a CPU): the model
     is compiled by Accelerate's prepare, and the golden digits job computes the same bits."""

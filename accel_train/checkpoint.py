@@ -175,7 +175,11 @@ class StopRequest:
 
     def __call__(self) -> bool:
         # asked while finishing optimizer step `self.step + 1`
-        return self.signal is not None or (self.at_step is not None and self.step + 1 >= self.at_step)
+        return self.signal is not None or self.due()
+
+    def due(self) -> bool:
+        """--stop-at-step is reached with the step being finished (the same on every process: no agreement)."""
+        return self.at_step is not None and self.step + 1 >= self.at_step
 
     def _handle(self, signum, frame) -> None:
         self.signal = signal.Signals(signum).name

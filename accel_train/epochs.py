@@ -119,16 +119,15 @@ def _train_epoch(run: Run) -> bool:
         progress.step += 1
         progress.batch_in_epoch = run.batches.done_in_epoch
         run.stop.step = progress.step
-        if not run.grads.ok:
-            progress.skipped_steps += 1
-            run.log.write(f"warning: step {progress.step}: non-finite loss or gradient norm; step skipped "
-                          f"({progress.skipped_steps} so far)")
+        _count_skipped(run)
         run.log.advance()
         if run.log.due(progress.step):
+            _settle(run)
             run.log.step(progress.step, _step_values(run))
         if run.batches.current.end_of_dataloader or progress.step >= run.steps:
             break  # the epoch-end checkpoint follows
         if run.grads.stop or run.checkpointer.due(progress.step):
+            _settle(run)
             progress.train_time_s += time.perf_counter() - tick
             tick = time.perf_counter()
             path = run.checkpointer.save(run.accelerator, progress, f"step_{progress.step:07d}", run.model, run.meter)
@@ -137,6 +136,19 @@ def _train_epoch(run: Run) -> bool:
                 return True
     progress.train_time_s += time.perf_counter() - tick
     return False
+
+
+def _count_skipped(run: Run) -> None:
+    for ago in run.grads.guard.take_skipped():
+        run.progress.skipped_steps += 1
+        run.log.write(f"warning: step {run.progress.step - ago}: non-finite loss or gradient norm; step skipped "
+                      f"({run.progress.skipped_steps} so far)")
+
+
+def _settle(run: Run) -> None:
+    """Act on a verdict kept on the device (see gradients.NonFiniteGuard) before anything reads the run's state."""
+    run.grads.settle()
+    _count_skipped(run)
 
 
 def _step_values(run: Run) -> dict[str, Any]:
@@ -157,6 +169,7 @@ def _report_stop(run: Run, path) -> None:
 def _end_epoch(run: Run) -> bool:
     """Validate, pick the best, checkpoint; True when early stopping ends the run."""
     progress, accelerator = run.progress, run.accelerator
+    _settle(run)
     train, samples = run.meter.compute()
     val = evaluate(accelerator, run.model, run.task, run.eval_loader)
     progress.samples += samples

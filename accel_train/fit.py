@@ -22,7 +22,7 @@ from .data import TrainBatches, batches_per_process, dataset_labels, make_loader
 from .epochs import Monitor, Run, finish, train_epochs
 from .errors import UserError
 from .gradients import GradientWindow, NonFiniteGuard
-from .internals import trim_optimizer_overhead
+from .internals import skip_on_device, trim_optimizer_overhead
 from .job import Job
 from .launch import make_accelerator, set_threads, shutdown
 from .logs import StepLog
@@ -119,6 +119,9 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
     optimizer = optimizer or build_optimizer(cfg, model, **speed.optimizer_kwargs(cfg, device))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)
+    guard = NonFiniteGuard(cfg.nonfinite, stop)
+    if (arm := skip_on_device(optimizer)) is not None:
+        guard.defer_to(arm)  # no host read per step: the fused optimizer skips a non-finite update on the device
     batches = batches_per_process(train_loader)
     if batches == 0:
         raise UserError("the training data gives no batch on this process: use fewer processes or more data.")
@@ -140,7 +143,7 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
         accelerator=accelerator, cfg=cfg, run_dir=run_dir, model=model, task=task, optimizer=optimizer,
         scheduler=scheduler, meter=meter, eval_loader=eval_loader, steps=steps, monitor=monitor, progress=progress,
         grads=GradientWindow(accelerator, model, cfg.max_grad_norm, cfg.clip_value,
-                             guard=NonFiniteGuard(cfg.nonfinite, stop), allow_unused=cfg.find_unused_parameters),
+                             guard=guard, allow_unused=cfg.find_unused_parameters),
         batches=TrainBatches(train_loader, accelerator, cfg.seed),
         steps_per_epoch=steps_per_epoch(batches, cfg.grad_accum) if batches else None,
         checkpointer=Checkpointer(run_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every), stop=stop,

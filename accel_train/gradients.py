@@ -6,7 +6,9 @@
                           different lengths count each unit exactly once, then clips.
     NonFiniteGuard        decides whether the step's loss and gradient norm are finite (skip, stop or off) and
                           whether to stop here (a SIGTERM/SIGINT or `stop_at_step` on any process), agreed by all
-                          processes, with one host read per optimizer step.
+                          processes. With an optimizer that can skip an update on the device (torch's fused SGD,
+                          Adam, AdamW: `found_inf`), the verdict stays on the device and is read one step later,
+                          so a step reads nothing back; otherwise it is one host read per optimizer step.
     UnusedParameterCheck  once, after the first backward: parameters that received no gradient.
 
 Units and the guard's two flags travel in one all-reduce per optimizer step.
@@ -40,6 +42,45 @@ class NonFiniteGuard:
         self.loss_sum: torch.Tensor | float = 0.0
         self.ok = True  # False after a non-finite window under `skip`: the loop leaves the optimizer alone
         self.stop = False  # agreed: every process stops after this step
+        self.steps = 0  # optimizer steps decided so far
+        self.skipped: list[int] = []  # indices (in `steps`) of skipped steps not yet taken by `take_skipped`
+        self.arm: Callable[[torch.Tensor], None] | None = None  # set by `defer_to`
+        self.pending = None  # (host copy of [not finite, signalled], copy event, index, scheduler step or None)
+
+    def defer_to(self, arm: Callable[[torch.Tensor], None]) -> None:
+        """Keep verdicts on the device: `arm(flag)` makes the coming optimizer step skip its update when `flag`
+        is 1 (see `internals.skip_on_device`); the verdict is read when the next step is decided."""
+        if self.policy != "off":
+            self.arm = arm
+
+    def take_skipped(self) -> list[int]:
+        """How many steps ago each step skipped since the last call was (0: the step just decided)."""
+        taken, self.skipped = [self.steps - 1 - index for index in self.skipped], []
+        return taken
+
+    def schedule(self, step: Callable[[], None]) -> None:
+        """Advance the schedule for the step just taken: now, or once its deferred verdict says it updated."""
+        if self.pending is None:
+            step()
+        else:
+            self.pending = (*self.pending[:3], step)
+
+    def settle(self) -> None:
+        """Read the deferred verdict of the previous step (long computed by now) and act on it: count a skip (or
+        raise under `stop`), advance the schedule for an update, note an agreed stop request."""
+        if self.pending is None:
+            return
+        staged, event, index, schedule = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        not_finite, signalled = staged.tolist()  # host memory, copied without blocking
+        self.stop = self.stop or signalled > 0
+        if not_finite:
+            self.skipped.append(index)
+            self._raise_under_stop()
+        elif schedule is not None:
+            schedule()
 
     def add(self, loss: torch.Tensor) -> None:
         if self.policy != "off":
@@ -63,6 +104,8 @@ class NonFiniteGuard:
             norm = None
         elif norm is None:
             norm = torch.nn.utils.get_total_norm(grads)
+        if self.arm is not None and norm is not None:
+            return self._defer(norm, flags)
         if flags is None:  # one process
             self.stop = self.stop_requested()
             loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else 0.0
@@ -75,7 +118,35 @@ class NonFiniteGuard:
             self.stop = values[1] > 0
             self.ok = values[0] == 0 and (norm is None or values[2] == 0)
         self.loss_sum = 0.0
-        if not self.ok and self.policy == "stop":
+        self.steps += 1
+        if not self.ok:
+            self.skipped.append(self.steps - 1)
+            self._raise_under_stop()
+
+    def _defer(self, norm: torch.Tensor, flags: torch.Tensor | None) -> None:
+        """The verdict as a device flag the optimizer skips on; its host copy is read by the next `settle`."""
+        self.settle()
+        loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else torch.zeros((), device=norm.device)
+        if flags is None:  # one process: a stop request needs no agreement
+            not_finite, signalled = ~torch.isfinite(loss + norm), torch.zeros((), device=norm.device)
+            self.stop = self.stop or self.stop_requested()
+        else:  # flags: [processes whose loss is not finite, processes asked to stop], summed
+            not_finite, signalled = (flags[0] > 0) | ~torch.isfinite(norm), flags[1]
+            due = getattr(self.stop_requested, "due", None)  # --stop-at-step is the same on every process
+            self.stop = self.stop or bool(due and due())
+        flag = not_finite.float()
+        self.arm(flag)
+        staged = torch.stack([flag, signalled.float()]).to("cpu", non_blocking=True)
+        event = None
+        if staged.device != flag.device and flag.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self.pending = (staged, event, self.steps, None)
+        self.ok, self.loss_sum = True, 0.0  # the optimizer step runs; the device skips its update when not finite
+        self.steps += 1
+
+    def _raise_under_stop(self) -> None:
+        if self.policy == "stop":
             raise NonFiniteError("the loss or gradient norm is not finite: training stopped before this optimizer "
                                  "step, so the latest checkpoint holds the last good weights. Lower --lr, clip with "
                                  "--max-grad-norm, check the data, or pass --nonfinite skip.")
@@ -132,6 +203,14 @@ class GradientWindow:
     @property
     def stop(self) -> bool:
         return self.guard.stop
+
+    def step_schedule(self, scheduler) -> None:
+        """Advance `scheduler` for the optimizer step just taken (at once, or when its deferred verdict is read)."""
+        self.guard.schedule(scheduler.step)
+
+    def settle(self) -> None:
+        """Act on a deferred verdict now (before logging, checkpoints and epoch ends)."""
+        self.guard.settle()
 
     def loss(self, loss: torch.Tensor, count) -> torch.Tensor:
         """The tensor to back-propagate: the sum (normalised in `finish`), or a mean for DeepSpeed."""

@@ -8,6 +8,7 @@ tests/test_internals.py fails naming this module and the item when an upgrade re
     original_forward         model._original_forward (set by Accelerator.prepare_model under mixed precision)
     gradient_divisor         Accelerator.backward divides the loss by gradient_accumulation_steps
     scale_tensors_           torch._foreach_mul_
+    skip_on_device           optimizer.found_inf, read by torch's fused SGD/Adam/AdamW kernels (GradScaler's path)
     trim_optimizer_overhead  AcceleratedOptimizer's step/zero_grad and its gradient_state, accelerator_state, scaler
 
 Set ACCEL_TRAIN_PATCH_ACCELERATE=0 to train with Accelerate's own optimizer wrapper (bitwise the same, slower).
@@ -55,6 +56,22 @@ def scale_tensors_(tensors: list[torch.Tensor], scale: Any) -> None:
     torch._foreach_mul_(tensors, scale)
 
 
+def skip_on_device(optimizer):
+    """For a prepared optimizer whose torch optimizer runs fused kernels (SGD, Adam, AdamW with fused=True, and no
+    grad scaler): a function `arm(flag)` after which its next step skips the update on the device when `flag` (a
+    0-d float tensor) is 1, leaving weights and state bitwise as they were; None for any other optimizer."""
+    raw = getattr(optimizer, "optimizer", optimizer)
+    fused = isinstance(raw, (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)) and all(
+        group.get("fused") for group in raw.param_groups)
+    if not fused or getattr(optimizer, "scaler", None) is not None:
+        return None
+
+    def arm(flag: torch.Tensor) -> None:
+        raw.found_inf = flag
+
+    return arm
+
+
 class _LeanAcceleratedOptimizer(AcceleratedOptimizer):
     """AcceleratedOptimizer without two per-step costs, for the plain case (no grad scaler, no XLA, no LOMO).
 
@@ -97,6 +114,8 @@ def missing() -> list[str]:
         "Accelerator.backward divides by gradient_accumulation_steps":
             "gradient_accumulation_steps" in inspect.getsource(Accelerator.backward),
         "torch._foreach_mul_": hasattr(torch, "_foreach_mul_"),
+        "fused optimizers read found_inf": all("found_inf" in inspect.getsource(kind.step)
+                                               for kind in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)),
         "AcceleratedOptimizer.step and zero_grad": all(
             name in inspect.getsource(AcceleratedOptimizer) for name in
             ("def step", "def zero_grad", "self.gradient_state", "self.accelerator_state", "self.scaler")),

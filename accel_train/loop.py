@@ -37,7 +37,7 @@ def train_step(accelerator, model, task: Task, batch, optimizer, scheduler, grad
         if grads.ok:  # False only for a non-finite window under --nonfinite skip
             optimizer.step()  # a no-op inside a window
             if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 overflow skips the step
-                scheduler.step()
+                grads.step_schedule(scheduler)  # now, or once a verdict kept on the device is read
         optimizer.zero_grad(set_to_none=True)
     return out, loss, count
 

@@ -43,8 +43,10 @@ def _unchanged(before: Path, after: Path) -> None:
     assert sa == sb
 
 
-def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_path):
-    summary = _job(tmp_path, "skip", Options(nan_at_step=5), checkpoint_every=1, keep_checkpoints=100)
+@pytest.mark.parametrize("impl", ["auto", "fused"])  # fused: the verdict stays on the device, read a step later
+def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_path, impl):
+    summary = _job(tmp_path, "skip", Options(nan_at_step=5), checkpoint_every=1, keep_checkpoints=100,
+                   optimizer_impl=impl)
     ckpt = tmp_path / "skip" / "checkpoints"
     _unchanged(ckpt / "step_0000004", ckpt / "step_0000005")  # step 5 was skipped
     assert summary["skipped_steps"] == 1 and summary["steps"] == 16
@@ -54,9 +56,11 @@ def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_
     assert not all(torch.equal(a[k], b[k]) for k in a), "training goes on after the skipped step"
 
 
-def test_nan_loss_with_stop_policy_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_nan_loss_with_stop_policy_keeps_the_last_good_checkpoint(tmp_path, impl):
     with pytest.raises(UserError, match="not finite: training stopped before this optimizer step"):
-        _job(tmp_path, "stop", Options(nan_at_step=5), checkpoint_every=2, nonfinite="stop")
+        _job(tmp_path, "stop", Options(nan_at_step=5), checkpoint_every=2, nonfinite="stop", optimizer_impl=impl,
+             log_every=100)  # no logging step in between: a deferred verdict is read when step 6 is decided
     latest = Checkpointer(tmp_path / "stop").latest()
     assert latest.name == "step_0000004" and all(torch.isfinite(v).all() for v in _params(latest).values())
 

@@ -149,3 +149,91 @@ def test_evaluate_counts_every_sample_and_matches_torch(parts):
     assert result["samples"] == 50
     assert result["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-12)
     assert result["accuracy"] == float((logits.argmax(1) == y).double().mean())
+
+
+def _fused_parts(accum: int = 1):
+    accelerator, _ = make_accelerator(TrainConfig(grad_accum=accum, cpu=True, progress=False))
+    model = _model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return accelerator, model, optimizer, scheduler
+
+
+def _deferred_window(parts, policy: str = "skip") -> GradientWindow:
+    from accel_train.internals import skip_on_device
+
+    guard = NonFiniteGuard(policy)
+    guard.defer_to(skip_on_device(parts[2]))
+    return GradientWindow(parts[0], parts[1], guard=guard)
+
+
+def test_a_deferred_verdict_skips_on_the_device_and_holds_the_schedule():
+    """Fused AdamW: the non-finite step's update is skipped by the optimizer itself (weights and state bitwise),
+    and the schedule advances only once the step's verdict is read, before the next update."""
+    parts = _fused_parts()
+    accelerator, model, optimizer, scheduler = parts
+    grads, task = _deferred_window(parts), Task("cross_entropy", []).for_run()
+    train_step(accelerator, model, task, _data(8), optimizer, scheduler, grads)  # step 1: fine
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in optimizer.optimizer.state[next(model.parameters())].items()}
+    x, y = _data(8, seed=1)
+    x[0, 0] = float("nan")
+    train_step(accelerator, model, task, (x, y), optimizer, scheduler, grads)  # step 2: not finite
+    assert grads.ok and scheduler.get_last_lr() == [0.05]  # step 1's verdict read at step 2: the schedule moved
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = optimizer.optimizer.state[next(model.parameters())]
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    train_step(accelerator, model, task, _data(8, seed=2), optimizer, scheduler, grads)  # step 3 reads step 2's
+    assert grads.guard.take_skipped() == [1] and scheduler.get_last_lr() == [0.05]  # skipped 1 step ago, LR held
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    grads.settle()
+    assert scheduler.get_last_lr() == [0.025] and grads.guard.take_skipped() == []
+    shutdown(accelerator)
+
+
+def test_a_deferred_verdict_under_stop_raises_before_the_next_update():
+    parts = _fused_parts()
+    accelerator, model, optimizer, scheduler = parts
+    grads, task = _deferred_window(parts, "stop"), Task("cross_entropy", []).for_run()
+    x, y = _data(8)
+    x[0, 0] = float("inf")
+    train_step(accelerator, model, task, (x, y), optimizer, scheduler, grads)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteError, match="training stopped before this optimizer step"):
+        train_step(accelerator, model, task, _data(8, seed=1), optimizer, scheduler, grads)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    shutdown(accelerator)
+
+
+def test_no_host_read_in_a_step_with_a_fused_optimizer(monkeypatch):
+    """20 steps of accumulation 2 with fused AdamW, the training meter updated as the loop does: the only values
+    read back are each step's predecessor's verdicts, already copied to host memory (item, tolist, bool, float and
+    int on a tensor counted). With foreach AdamW the verdict is one device read a step instead."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append((_name, id(self)))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    from accel_train.metrics import Meter
+
+    parts = _fused_parts(accum=2)
+    grads, task = _deferred_window(parts), Task("cross_entropy", ["accuracy"]).for_run()
+    meter = Meter(parts[0], task.make_metrics("train"))
+    batches = [_data(8, seed=s) for s in range(42)]
+    for batch in batches[:2]:  # the first step checks the labels once
+        train_step(parts[0], parts[1], task, batch, parts[2], parts[3], grads)
+    staged = [grads.guard.pending[0]]  # kept alive: their ids stay unique
+    reads.clear()
+    for batch in batches[2:]:
+        out, loss, count = train_step(parts[0], parts[1], task, batch, parts[2], parts[3], grads)
+        meter.update(out, loss, count, None)
+        if grads.guard.pending is not None and grads.guard.pending[0] is not staged[-1]:
+            staged.append(grads.guard.pending[0])
+    assert len(staged) == 21 and len(reads) == 20  # 20 steps, each reading its predecessor's verdict once
+    assert {name for name, _ in reads} == {"tolist"} and {i for _, i in reads} <= {id(t) for t in staged}
+    shutdown(parts[0])

@@ -25,12 +25,16 @@ def _run(args: list[str], ddp: bool = False) -> subprocess.CompletedProcess:
     return launch([JOB, *args]) if ddp else run_python([JOB, *args])
 
 
-CONFIGS = {  # (processes > 1, DataLoader workers, precision); every value is covered by a SIGKILL test
-    "single-fp32": (False, 0, "no"), "single-workers-bf16": (False, 2, "bf16"), "ddp-bf16": (True, 0, "bf16")}
+CONFIGS = {  # (processes > 1, DataLoader workers, precision, more flags); every value is covered by a SIGKILL test
+    "single-fp32": (False, 0, "no", []), "single-workers-bf16": (False, 2, "bf16", []),
+    "ddp-bf16": (True, 0, "bf16", []),
+    # fused AdamW: the non-finite verdict stays on the device and is read a step later (logging every 4 steps)
+    "ddp-fused": (True, 0, "no", ["--optimizer-impl", "fused", "--log-every", "4"])}
 KILLS = {  # micro-batch at which rank 0 is killed -> (step, epoch, batch in epoch) of the checkpoint resumed
     "single-fp32": [(12, (3, 0, 6)), (18, (9, 1, 2)), (31, (16, 2, 0))],  # in a window, mid-epoch, epoch end
     "single-workers-bf16": [(18, (9, 1, 2))],
     "ddp-bf16": [(14, (6, 1, 4))],  # 2 x 8 batches per epoch: killed inside the window after step 6
+    "ddp-fused": [(14, (6, 1, 4))],
 }
 
 
@@ -41,10 +45,10 @@ def uninterrupted(tmp_path_factory, digits_file):
 
     def get(name: str) -> Path:
         if name not in made:
-            ddp, workers, precision = CONFIGS[name]
+            ddp, workers, precision, extra = CONFIGS[name]
             out = tmp_path_factory.mktemp(name) / "full"
             check(_run(["--data", digits_file, "--num-workers", str(workers), "--mixed-precision", precision,
-                        "--output-dir", str(out)], ddp))
+                        *extra, "--output-dir", str(out)], ddp))
             made[name] = out
         return made[name]
     return get
@@ -73,8 +77,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, digit
     a checkpoint every 3 steps. The run is SIGKILLed (inside a window, after a mid-epoch checkpoint, after an
     epoch-end checkpoint), each time resumed in a new process with --resume auto, and must end bitwise equal
     to the uninterrupted run."""
-    ddp, workers, precision = CONFIGS[name]
-    common = ["--data", digits_file, "--num-workers", str(workers), "--mixed-precision", precision]
+    ddp, workers, precision, extra = CONFIGS[name]
+    common = ["--data", digits_file, "--num-workers", str(workers), "--mixed-precision", precision, *extra]
     full, broken = uninterrupted(name), tmp_path / "broken"
     assert read_summary(full)["steps"] == (20 if ddp else 40)
     for i, (batch, point) in enumerate(KILLS[name]):

@@ -97,6 +97,9 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
            threads_rule: str,
            model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
+    device = accelerator.device.type  # the speed options are checked before the run folder is made
+    speedups = [*speed.prepare_model(cfg, model, device), *speed.describe_compile(cfg),
+                *([] if optimizer else [speed.describe_optimizer(cfg, device)])]
     if cfg.auto_batch_size:
         asked = cfg.batch_size
         cfg = fit_batch_size(accelerator, cfg, model, task, train_data, collate_fn)
@@ -113,9 +116,6 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
         eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)
-    device = accelerator.device.type
-    speedups = [*speed.prepare_model(cfg, model, device), *speed.describe_compile(cfg),
-                *([] if optimizer else [speed.describe_optimizer(cfg, device)])]
     optimizer = optimizer or build_optimizer(cfg, model, **speed.optimizer_kwargs(cfg, device))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)

@@ -91,8 +91,7 @@ def test_an_option_that_cannot_apply_is_one_line_before_anything_is_written(tmp_
     with pytest.raises(UserError) as error:
         fit(nn.Linear(4, 2), data, config=TrainConfig(output_dir=str(tmp_path / "run"), progress=False, cpu=True,
                                                       **settings))
-    assert str(error.value) == line
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert str(error.value) == line and not (tmp_path / "run").exists()
 
 
 def test_compile_through_accelerate_captures_the_model_and_changes_no_number(tmp_path, cifar_copy, one_thread):

@@ -94,25 +94,17 @@ def fit(
 
 
 def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequest, notes: list[str], options,
-           threads_rule: str,
-           model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
+           threads_rule: str, model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
-    device = accelerator.device.type  # the speed options are checked before the run folder is made
-    speedups = [*speed.prepare_model(cfg, model, device), *speed.describe_compile(cfg),
-                *([] if optimizer else [speed.describe_optimizer(cfg, device)])]
-    if cfg.auto_batch_size:
-        asked = cfg.batch_size
-        cfg = fit_batch_size(accelerator, cfg, model, task, train_data, collate_fn)
-        if cfg.batch_size != asked:
-            notes.append(f"--auto-batch-size: {asked} per device did not fit in memory; {cfg.batch_size} x "
-                         f"{cfg.grad_accum} accumulation keeps the effective batch")
+    cfg, speedups = _speed_up(accelerator, cfg, model, task, train_data, collate_fn, optimizer, notes)
+    device = accelerator.device.type
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
     jsonl.path = run_dir / "metrics.jsonl"
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
     monitor = Monitor.for_task(cfg, task)
     loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed,
-                       pin_memory=speed.pin_memory(cfg, accelerator.device.type != "cpu"))
+                       pin_memory=speed.pin_memory(cfg, device != "cpu"))
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
         eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)
@@ -150,6 +142,22 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
         log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
         compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),
         device=accelerator.device.type)
+
+
+def _speed_up(accelerator, cfg: TrainConfig, model, task: Task, train_data, collate_fn, optimizer,
+              notes: list[str]) -> tuple[TrainConfig, list[str]]:
+    """The speed options on the model, and --auto-batch-size: checked and applied before the run folder is made.
+    Returns the config to train with and what the plan shows."""
+    device = accelerator.device.type
+    speedups = [*speed.prepare_model(cfg, model, device), *speed.describe_compile(cfg),
+                *([] if optimizer else [speed.describe_optimizer(cfg, device)])]
+    if cfg.auto_batch_size:
+        asked = cfg.batch_size
+        cfg = fit_batch_size(accelerator, cfg, model, task, train_data, collate_fn)
+        if cfg.batch_size != asked:
+            notes.append(f"--auto-batch-size: {asked} per device did not fit in memory; {cfg.batch_size} x "
+                         f"{cfg.grad_accum} accumulation keeps the effective batch")
+    return cfg, speedups
 
 
 def _agree(accelerator, decide: Callable[[], Any]) -> Any:

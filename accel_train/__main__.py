@@ -1,7 +1,6 @@
 """`python -m accel_train ...` and `accelerate launch -m accel_train ...` run the command line."""
 
-import sys
-
 from .cli import main
+from .launch import leave
 
-sys.exit(main())
+leave(main())

@@ -47,6 +47,13 @@ def verify(argv: list[str]) -> int:
 COMMANDS = {"train": train, "verify": verify}
 
 
+def entry() -> None:
+    """The `accel-train` console script."""
+    from .launch import leave
+
+    leave(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:

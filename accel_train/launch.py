@@ -13,6 +13,8 @@ something other than what they ask for, with no warning; each is corrected or re
 from __future__ import annotations
 
 import os
+import sys
+from typing import NoReturn
 
 import torch
 
@@ -163,3 +165,18 @@ def shutdown(accelerator) -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
+
+
+def leave(code: int = 0) -> NoReturn:
+    """End a script (the command line, a launched script) with `code`; under a launcher, without Python's teardown.
+
+    Measured here (Python 3.11, torch 2.14, gloo, 2 processes): about 1 launch in 8 of a short script aborted in
+    interpreter teardown, after its work was written ("terminate called without an active exception": a core dump
+    shows gloo's worker thread freeing a finished collective's tensor while Python finalizes). `shutdown` has left
+    the process group and the run's files are closed by then; output is flushed here.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(code)
+    sys.exit(code)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from accel_train import TrainConfig, evaluate, fit
 from accel_train.data import make_loader
 from accel_train.tasks.clip_digits import ClipDigits
-from accel_train.launch import make_accelerator
+from accel_train.launch import leave, make_accelerator
 from accel_train.tasks.clip import MODEL_INPUTS, contrastive_losses
 
 
@@ -77,3 +77,4 @@ def main(out: str, eval_batch: int, train_batch: int, run_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

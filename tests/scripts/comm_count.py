@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from accel_train import TrainConfig, fit
 from accel_train.tasks.vision import DigitsCNN, load_digits_tensors
+from accel_train.launch import leave
 
 calls = {"allreduce": 0}
 
@@ -42,3 +43,4 @@ if __name__ == "__main__":
                            progress=False, log_every=steps))
     rank = int(os.environ.get("RANK", "0"))  # fit has left the process group by now
     (out / f"count_{rank}.json").write_text(json.dumps(calls))
+    leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from accel_train import fit, parse_config
 from accel_train.tasks.vision import load_digits_tensors
+from accel_train.launch import leave
 
 
 @dataclass
@@ -33,3 +34,4 @@ if __name__ == "__main__":
     cfg, opts = parse_config(options=Options)
     model, data = build(opts)
     fit(model, data, None, config=cfg, loss="cross_entropy", metrics=["accuracy"])
+    leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

@@ -15,6 +15,7 @@ import torch
 
 from accel_train import fit, parse_config
 from accel_train.tasks.causal_lm import CausalLMOptions, causal_lm_data, causal_lm_model
+from accel_train.launch import leave
 
 
 @dataclass
@@ -38,3 +39,4 @@ if __name__ == "__main__":
     cfg, opts = parse_config(options=Options)
     model, train, val, data = build(opts, cfg.seed)
     fit(model, train, val, task=data.task, collate_fn=data.collator, config=cfg)
+    leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from accel_train import Task, fit, parse_config
 from accel_train.tasks.vision import load_digits_tensors
+from accel_train.launch import leave
 
 
 @dataclass
@@ -74,3 +75,4 @@ if __name__ == "__main__":
     cfg, opts = parse_config(defaults + __import__("sys").argv[1:], options=Options)
     model, data, val = build(opts, cfg.grad_accum)
     fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
+    leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from accel_train import exit_on_user_error, fit, parse_config
+from accel_train.launch import leave
 from accel_train.tasks.text import TextClassification, classification_data
 from accel_train.tasks.text_data import load_pretrained
 
@@ -42,3 +43,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
+    leave(0)  # under a launcher: end without Python's teardown (see accel_train.launch.leave)

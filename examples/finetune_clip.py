@@ -17,6 +17,7 @@ AutoProcessor.from_pretrained load them.
 from pathlib import Path
 
 from accel_train import exit_on_user_error, fit, parse_config
+from accel_train.launch import leave
 from accel_train.tasks.captions import ImageCaptionCollator
 from accel_train.tasks.clip import ClipFinetune, ClipTask, load_clip, text_max_length
 
@@ -37,3 +38,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
+    leave(0)  # under a launcher: end without Python's teardown (see accel_train.launch.leave)

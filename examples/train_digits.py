@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from accel_train import exit_on_user_error, fit, parse_config
+from accel_train.launch import leave
 from accel_train.tasks.vision import Digits, DigitsCNN, digits_splits
 
 JOB_FILE = Path(__file__).parent / "configs" / "digits.yaml"
@@ -31,3 +32,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
+    leave(0)  # under a launcher: end without Python's teardown (see accel_train.launch.leave)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from accel_train import exit_on_user_error, fit, parse_config
+from accel_train.launch import leave
 from accel_train.tasks.fusion import FusionDigits, FusionNet, FusionTask, fusion_tokenizer, matching_splits
 from accel_train.tasks.vision import DIGIT_CAPTION, DIGIT_NAMES
 
@@ -36,3 +37,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
+    leave(0)  # under a launcher: end without Python's teardown (see accel_train.launch.leave)

@@ -168,7 +168,8 @@ def shutdown(accelerator) -> None:
 
 
 def leave(code: int = 0) -> NoReturn:
-    """End a script (the command line, a launched script) with `code`; under a launcher, without Python's teardown.
+    """End a script (the command line, a launched script) with `code`; a successful run under a launcher ends
+    without Python's teardown.
 
     Measured here (Python 3.11, torch 2.14, gloo, 2 processes): about 1 launch in 8 of a short script aborted in
     interpreter teardown, after its work was written ("terminate called without an active exception": a core dump
@@ -177,6 +178,6 @@ def leave(code: int = 0) -> NoReturn:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        os._exit(code)
-    sys.exit(code)
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(0)
+    sys.exit(code)  # a failing rank leaves as before: a fast exit lets the launcher stop rank 0 before it reports

@@ -104,7 +104,7 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
     set_seed(cfg.seed)
     monitor = Monitor.for_task(cfg, task)
     loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed,
-                       pin_memory=speed.pin_memory(cfg, device != "cpu"))
+                       pin_memory=accelerator.dataloader_config.non_blocking)  # decided once, in make_accelerator
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
     eval_loader = None if eval_data is None else make_loader(
         eval_data, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, split="validation", **loader_args)

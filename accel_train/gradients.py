@@ -45,7 +45,7 @@ class NonFiniteGuard:
         self.steps = 0  # optimizer steps decided so far
         self.skipped: list[int] = []  # indices (in `steps`) of skipped steps not yet taken by `take_skipped`
         self.arm: Callable[[torch.Tensor], None] | None = None  # set by `defer_to`
-        self.pending = None  # (host copy of [not finite, signalled], copy event, index, scheduler step or None)
+        self.pending = None  # (host copy of [not finite(, signalled)], copy event, index, schedule or None)
 
     def defer_to(self, arm: Callable[[torch.Tensor], None]) -> None:
         """Keep verdicts on the device: `arm(flag)` makes the coming optimizer step skip its update when `flag`
@@ -74,8 +74,8 @@ class NonFiniteGuard:
         self.pending = None
         if event is not None:
             event.synchronize()
-        not_finite, signalled = staged.tolist()  # host memory, copied without blocking
-        self.stop = self.stop or signalled > 0
+        not_finite, *signalled = staged.tolist()  # host memory, copied without blocking
+        self.stop = self.stop or bool(signalled and signalled[0] > 0)
         if not_finite:
             self.skipped.append(index)
             self._raise_under_stop()
@@ -127,16 +127,17 @@ class NonFiniteGuard:
         """The verdict as a device flag the optimizer skips on; its host copy is read by the next `settle`."""
         self.settle()
         loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else torch.zeros((), device=norm.device)
-        if flags is None:  # one process: a stop request needs no agreement
-            not_finite, signalled = ~torch.isfinite(loss + norm), torch.zeros((), device=norm.device)
+        if flags is None:  # one process: a stop request needs no agreement, only the verdict is staged
+            flag = (~torch.isfinite(loss + norm)).float()
+            staged = flag.reshape(1)
             self.stop = self.stop or self.stop_requested()
         else:  # flags: [processes whose loss is not finite, processes asked to stop], summed
-            not_finite, signalled = (flags[0] > 0) | ~torch.isfinite(norm), flags[1]
+            flag = ((flags[0] > 0) | ~torch.isfinite(norm)).float()
+            staged = torch.stack([flag, flags[1].float()])
             due = getattr(self.stop_requested, "due", None)  # --stop-at-step is the same on every process
             self.stop = self.stop or bool(due and due())
-        flag = not_finite.float()
         self.arm(flag)
-        staged = torch.stack([flag, signalled.float()]).to("cpu", non_blocking=True)
+        staged = staged.to("cpu", non_blocking=True)
         event = None
         if staged.device != flag.device and flag.device.type == "cuda":
             event = torch.cuda.Event()

@@ -15,12 +15,15 @@ import json
 import os
 import shutil
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .checkpoint_writer import BackgroundWriter, device_copies_done, fsync_tree, snapshot, wait_for_ranks
 from .errors import UserError
+from .internals import BACKGROUND_SAVES, captured_saves
 
 MARKER = "COMPLETE"
 PROGRESS = "progress.json"
@@ -92,11 +95,14 @@ def read_progress(path: Path) -> Progress:
 
 class Checkpointer:
     """Saves and finds checkpoints under `<run>/checkpoints`, keeping the newest `keep` and the best one; owns the
-    mid-epoch cadence (every `every` optimizer steps; epoch ends always save)."""
+    mid-epoch cadence (every `every` optimizer steps; epoch ends always save). With `background`, the files are
+    written by a thread while training goes on (checkpoint_writer.py); `wait` joins the write in flight."""
 
-    def __init__(self, run_dir: Path, keep: int = 1, every: int | None = None):
+    def __init__(self, run_dir: Path, keep: int = 1, every: int | None = None, background: bool = False):
         self.root = Path(run_dir) / "checkpoints"
-        self.keep, self.every = keep, every
+        self.keep, self.every, self.background = keep, every, background
+        self.writer = BackgroundWriter()
+        self.saving_s = 0.0  # time the training loop spent in `save` (waits for an earlier write included)
 
     def due(self, step: int) -> bool:
         """Whether optimizer step `step` ends with a mid-epoch checkpoint."""
@@ -104,35 +110,69 @@ class Checkpointer:
 
     def save(self, accelerator, progress: Progress, name: str, model, meter) -> Path:
         """Write checkpoint `name` (complete, or not at all); refuse non-finite weights."""
+        tick = time.perf_counter()
         finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
         if not bool(finite):  # one host read for the whole model
             raise UserError(f"the weights are not finite at step {progress.step}: not saved, so the latest "
                             "checkpoint keeps the last good weights. Use --nonfinite skip or stop, lower --lr.")
+        self.writer.wait()  # never two writes in flight
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        jobs = []
+        if self.background and accelerator.distributed_type in BACKGROUND_SAVES:
+            with captured_saves(snapshot) as jobs:
+                accelerator.save_state(str(tmp))
+        else:
+            accelerator.save_state(str(tmp))
         from safetensors.torch import save_file
 
         save_file(meter.state_dict(), str(tmp / f"meter_{accelerator.process_index}.safetensors"))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_json(tmp / PROGRESS, asdict(progress))
-            (tmp / MARKER).write_text(f"step {progress.step}\n")
-            _fsync_dir(tmp)
-            if final.exists():  # re-saving the same step: replace the old copy only after the new one is whole
-                old = self.root / f".old-{name}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.root)
-            self.prune(progress.best_checkpoint)
-        accelerator.wait_for_everyone()
+        progress = asdict(progress)  # as it is now: training goes on while the thread writes
+        main, rank, processes = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+        if self.background:
+            copied = device_copies_done(accelerator.device)
+            self.writer.start(lambda: self._write(jobs, copied, tmp, final, progress, main, rank, processes))
+        else:
+            accelerator.wait_for_everyone()
+            if main:
+                self._publish(tmp, final, progress)
+            accelerator.wait_for_everyone()
+        self.saving_s += time.perf_counter() - tick
         return final
+
+    def _write(self, jobs, copied, tmp: Path, final: Path, progress: dict, main: bool, rank: int,
+               processes: int) -> None:
+        """The writer thread's part: this process's snapshotted files, then (main process) publish."""
+        copied()
+        for job in jobs:
+            job()
+        (tmp / f".done-{rank}").touch()
+        if main:
+            wait_for_ranks(tmp, processes)
+            self._publish(tmp, final, progress)
+
+    def _publish(self, tmp: Path, final: Path, progress: dict) -> None:
+        """Make a fully written temporary folder the checkpoint `final`: durable first, then visible."""
+        fsync_tree(tmp)
+        write_json(tmp / PROGRESS, progress)
+        (tmp / MARKER).write_text(f"step {progress['step']}\n")
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step: replace the old copy only after the new one is whole
+            old = self.root / f".old-{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(self.root)
+        self.prune(progress["best_checkpoint"])
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written (if any) is complete and visible; re-raise its error."""
+        self.writer.wait()
 
     def prune(self, best: str | None) -> None:
         """Delete complete checkpoints beyond the newest `keep`, never the best one, never an incomplete one."""

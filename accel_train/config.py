@@ -70,7 +70,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: allow parameters that receive no gradient in a step
 
     # -- speed (accel_train.speed) ----------------------------------------------------------------------------------
-    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"  # torch kernels; auto: fused on CUDA
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"  # torch kernels; auto: fused where torch has them
     channels_last: bool = False  # CNNs: NHWC weights and activations (faster convolutions on GPUs)
     tf32: bool = False  # TF32 float32 matmuls and convolutions (Ampere or newer NVIDIA GPUs)
     gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in backward, less memory
@@ -83,6 +83,7 @@ class TrainConfig:
     # -- checkpoints and recovery ---------------------------------------------------------------------------------
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch); always each epoch
     keep_checkpoints: int = 1  # newest complete checkpoints kept; the best one is kept as well
+    background_checkpoints: bool = True  # write checkpoint files in a thread while training goes on
     stop_at_step: int | None = None  # checkpoint and exit 0 after this optimizer step, as on SIGTERM; resume later
     early_stopping: int | None = None  # stop after this many epochs without `monitor` improving by min_delta
     min_delta: float = 0.0  # improvement of `monitor` that resets early stopping

@@ -103,11 +103,23 @@ def train_epochs(run: Run) -> str | None:
             if _end_epoch(run):
                 break
             if run.grads.stop:  # asked on the epoch's last step: the epoch-end checkpoint is the one to resume
+                run.checkpointer.wait()
                 _report_stop(run, run.checkpointer.latest())
                 return run.stop.reason()
+    except BaseException:
+        _wait_quietly(run.checkpointer)  # the write in flight completes; the run's own error is the one raised
+        raise
     finally:
         run.log.close()
+    run.checkpointer.wait()
     return None
+
+
+def _wait_quietly(checkpointer: Checkpointer) -> None:
+    try:
+        checkpointer.wait()
+    except Exception:
+        pass
 
 
 def _train_epoch(run: Run) -> bool:
@@ -132,6 +144,7 @@ def _train_epoch(run: Run) -> bool:
             tick = time.perf_counter()
             path = run.checkpointer.save(run.accelerator, progress, f"step_{progress.step:07d}", run.model, run.meter)
             if run.grads.stop:
+                run.checkpointer.wait()
                 _report_stop(run, path)
                 return True
     progress.train_time_s += time.perf_counter() - tick
@@ -196,6 +209,8 @@ def _end_epoch(run: Run) -> bool:
 def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dict[str, Any]:
     """Export the final (or best) weights and the processor, write `summary.json`, print the summary line."""
     accelerator, progress = run.accelerator, run.progress
+    run.checkpointer.wait()
+    accelerator.wait_for_everyone()  # the main process's write thread has published the last checkpoint
     best = progress.best_checkpoint and run.checkpointer.root / progress.best_checkpoint
     if run.cfg.restore_best and best and not stopped:
         accelerator.load_state(str(best))  # the exported weights below are then the best ones
@@ -225,6 +240,7 @@ def _summary(run: Run, wall: float, stopped: str | None, best) -> dict[str, Any]
         "epochs": progress.epoch, "steps": progress.step, "samples": progress.samples,
         "skipped_steps": progress.skipped_steps, "stopped": stopped,
         "wall_time_s": wall, "train_time_s": progress.train_time_s,
+        "checkpoint_s": run.checkpointer.saving_s,  # time the loop spent on checkpoints (this process, this part)
         "samples_per_s": progress.samples / progress.train_time_s if progress.train_time_s else None,
         "processes": run.accelerator.num_processes, "precision": run.precision,
         "compute_dtype": run.compute_dtype.dtype, "device": run.device,

@@ -10,6 +10,9 @@ tests/test_internals.py fails naming this module and the item when an upgrade re
     scale_tensors_           torch._foreach_mul_
     skip_on_device           optimizer.found_inf, read by torch's fused SGD/Adam/AdamW kernels (GradScaler's path)
     trim_optimizer_overhead  AcceleratedOptimizer's step/zero_grad and its gradient_state, accelerator_state, scaler
+    fused_devices            torch.utils._foreach_utils._get_fused_kernels_supported_devices
+    captured_saves           save_state writes weights, optimizers, schedulers and registered objects through
+                             accelerate.checkpointing.save (and only those)
 
 Set ACCEL_TRAIN_PATCH_ACCELERATE=0 to train with Accelerate's own optimizer wrapper (bitwise the same, slower).
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -100,8 +105,47 @@ def trim_optimizer_overhead(optimizer) -> None:
         optimizer.__class__ = _LeanAcceleratedOptimizer
 
 
+def fused_devices() -> list[str]:
+    """Device types for which torch's SGD, Adam and AdamW have fused kernels."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return ["cuda"]
+    return _get_fused_kernels_supported_devices()
+
+
+BACKGROUND_SAVES = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
+@contextmanager
+def captured_saves(snapshot: Callable[[Any], Any]) -> Iterator[list[Callable[[], None]]]:
+    """Inside the block, what `accelerator.save_state` writes through Accelerate's `save` is not written: it is
+    snapshotted now and collected as jobs (functions that write it later, from any thread). Everything else
+    save_state writes (RNG states, the grad scaler, loader states) is written as usual. Only the writes this
+    process would make are kept (Accelerate's `save` writes on the main process only)."""
+    import accelerate.checkpointing as checkpointing
+    from accelerate.state import PartialState
+
+    original, jobs = checkpointing.save, []
+
+    def capture(obj, f, save_on_each_node: bool = False, safe_serialization: bool = False):
+        state = PartialState()
+        if not (state.is_local_main_process if save_on_each_node else state.is_main_process):
+            return
+        kept = snapshot(obj)
+        jobs.append(lambda: original(kept, f, save_on_each_node=save_on_each_node,
+                                     safe_serialization=safe_serialization))
+
+    checkpointing.save = capture
+    try:
+        yield jobs
+    finally:
+        checkpointing.save = original
+
+
 def missing() -> list[str]:
     """The private names this module relies on that the installed accelerate or torch lacks."""
+    import accelerate.checkpointing as checkpointing
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -114,10 +158,14 @@ def missing() -> list[str]:
         "Accelerator.backward divides by gradient_accumulation_steps":
             "gradient_accumulation_steps" in inspect.getsource(Accelerator.backward),
         "torch._foreach_mul_": hasattr(torch, "_foreach_mul_"),
+        "torch.utils._foreach_utils._get_fused_kernels_supported_devices": "cpu" in fused_devices(),
         "fused optimizers read found_inf": all("found_inf" in inspect.getsource(kind.step)
                                                for kind in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)),
         "AcceleratedOptimizer.step and zero_grad": all(
             name in inspect.getsource(AcceleratedOptimizer) for name in
             ("def step", "def zero_grad", "self.gradient_state", "self.accelerator_state", "self.scaler")),
+        "save_state writes through accelerate.checkpointing.save": hasattr(checkpointing, "save") and all(
+            "save(" in inspect.getsource(fn) for fn in (checkpointing.save_accelerator_state,
+                                                        checkpointing.save_custom_state)),
     }
     return [name for name, present in checks.items() if not present]

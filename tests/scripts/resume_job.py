@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from accel_train import Task, fit, parse_config
 from accel_train.tasks.vision import load_digits_tensors
+from accel_train.checkpoint_writer import wait_for_writes
 from accel_train.launch import leave
 
 
@@ -49,6 +50,7 @@ class Injector(nn.Module):
         if self.opts.slow:
             __import__("time").sleep(self.opts.slow)
         if self.opts.kill_at_batch is not None and seen == self.opts.kill_at_batch and self.rank == 0:
+            wait_for_writes()  # the kill points name checkpoints; save_storm.py kills during background writes
             os.kill(os.getpid(), signal.SIGKILL)
         step = (seen - 1) // self.grad_accum + 1
         if self.opts.nan_at_step == step:

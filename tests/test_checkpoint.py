@@ -43,7 +43,7 @@ def _unchanged(before: Path, after: Path) -> None:
     assert sa == sb
 
 
-@pytest.mark.parametrize("impl", ["auto", "fused"])  # fused: the verdict stays on the device, read a step later
+@pytest.mark.parametrize("impl", ["foreach", "fused"])  # fused (auto): the verdict stays on the device, read later
 def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_path, impl):
     summary = _job(tmp_path, "skip", Options(nan_at_step=5), checkpoint_every=1, keep_checkpoints=100,
                    optimizer_impl=impl)
@@ -56,7 +56,7 @@ def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_
     assert not all(torch.equal(a[k], b[k]) for k in a), "training goes on after the skipped step"
 
 
-@pytest.mark.parametrize("impl", ["auto", "fused"])
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
 def test_nan_loss_with_stop_policy_keeps_the_last_good_checkpoint(tmp_path, impl):
     with pytest.raises(UserError, match="not finite: training stopped before this optimizer step"):
         _job(tmp_path, "stop", Options(nan_at_step=5), checkpoint_every=2, nonfinite="stop", optimizer_impl=impl,

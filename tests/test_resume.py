@@ -28,13 +28,13 @@ def _run(args: list[str], ddp: bool = False) -> subprocess.CompletedProcess:
 CONFIGS = {  # (processes > 1, DataLoader workers, precision, more flags); every value is covered by a SIGKILL test
     "single-fp32": (False, 0, "no", []), "single-workers-bf16": (False, 2, "bf16", []),
     "ddp-bf16": (True, 0, "bf16", []),
-    # fused AdamW: the non-finite verdict stays on the device and is read a step later (logging every 4 steps)
-    "ddp-fused": (True, 0, "no", ["--optimizer-impl", "fused", "--log-every", "4"])}
+    # foreach AdamW: the non-finite verdict is read at each step (the default, fused, defers it a step)
+    "ddp-foreach": (True, 0, "no", ["--optimizer-impl", "foreach", "--log-every", "4"])}
 KILLS = {  # micro-batch at which rank 0 is killed -> (step, epoch, batch in epoch) of the checkpoint resumed
     "single-fp32": [(12, (3, 0, 6)), (18, (9, 1, 2)), (31, (16, 2, 0))],  # in a window, mid-epoch, epoch end
     "single-workers-bf16": [(18, (9, 1, 2))],
     "ddp-bf16": [(14, (6, 1, 4))],  # 2 x 8 batches per epoch: killed inside the window after step 6
-    "ddp-fused": [(14, (6, 1, 4))],
+    "ddp-foreach": [(14, (6, 1, 4))],
 }
 
 

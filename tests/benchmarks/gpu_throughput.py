@@ -8,7 +8,8 @@ peak, measured here as a dense bf16 matmul.
 Each model trains twice, for `--short` and `--long` optimizer steps: their training-time difference is the steady
 state (tokens/s, images/s), and the short run's excess over it is the compile warm-up, reported separately. MFU
 counts 6 x parameters + 12 x layers x width x sequence FLOPs per token (forward and backward, attention included).
-Targets on one H100: >= 400 K tokens/s for GPT-2 small, >= 2,800 images/s for ResNet-50.
+Targets on one H100: >= 400 K tokens/s for GPT-2 small, >= 2,800 images/s for ResNet-50. `sync_free`: 20 optimizer
+steps in fp32 and bf16 under `torch.cuda.set_sync_debug_mode("error")` (`host_sync` is null when none synced).
 """
 
 from __future__ import annotations
@@ -105,6 +106,46 @@ def resnet50(args) -> dict:
     return result
 
 
+def sync_free(precision: str, steps: int = 20) -> dict:
+    """`steps` optimizer steps of accel_train's `train_step` (fused AdamW, max-norm clipping, the non-finite guard,
+    accumulation 2) under `torch.cuda.set_sync_debug_mode("error")`: any host sync raises. On a CPU the steps run
+    without the check (tests/test_loop.py counts host reads there)."""
+    from torch import nn
+
+    from accel_train import train_step
+    from accel_train.gradients import GradientWindow, NonFiniteGuard
+    from accel_train.internals import skip_on_device
+    from accel_train.launch import make_accelerator, shutdown
+
+    cuda = torch.cuda.is_available()
+    accelerator, _ = make_accelerator(TrainConfig(grad_accum=2, cpu=not cuda, mixed_precision=precision))
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    guard = NonFiniteGuard("skip")
+    guard.defer_to(skip_on_device(optimizer))
+    grads, task = GradientWindow(accelerator, model, max_grad_norm=1.0, guard=guard), Task("cross_entropy", []).for_run()
+    batches = [(torch.randn(32, 64, device=accelerator.device), torch.randint(0, 10, (32,), device=accelerator.device))
+               for _ in range(2 * steps + 4)]
+    for batch in batches[:4]:  # warm-up: the first step checks the labels once
+        train_step(accelerator, model, task, batch, optimizer, scheduler, grads)
+    error = None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[4:]:
+            train_step(accelerator, model, task, batch, optimizer, scheduler, grads)
+    except RuntimeError as caught:
+        error = str(caught).splitlines()[0]
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    shutdown(accelerator)
+    return {"precision": precision, "steps": steps, "checked": cuda, "host_sync": error}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps, on any device")
@@ -118,7 +159,7 @@ def main(argv=None) -> dict:
     args.optimizer_impl, args.workers = ("fused", 8) if cuda else ("auto", 0)
     figures = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "matmul_bf16_flops": matmul_peak(8192, 50) if cuda and not args.smoke else 0.0,
-               "gpt2": gpt2(args), "resnet": resnet50(args)}
+               "sync_free": [sync_free(p) for p in ("no", "bf16")], "gpt2": gpt2(args), "resnet": resnet50(args)}
     if figures["matmul_bf16_flops"]:
         gpt = figures["gpt2"]
         gpt["mfu"] = gpt["tokens_per_s"] * gpt["flops_per_token"] / figures["matmul_bf16_flops"]

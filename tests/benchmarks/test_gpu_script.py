@@ -16,4 +16,5 @@ def test_gpu_throughput_script_smoke(tmp_path):
     # timings at tiny sizes are noise: the figures are there, their values are for a GPU
     assert {"tokens_per_s", "warmup_s", "flops_per_token"} <= set(figures["gpt2"])
     assert "images_per_s" in figures["resnet"]
+    assert [(f["precision"], f["host_sync"]) for f in figures["sync_free"]] == [("no", None), ("bf16", None)]
     assert figures["device"] == "cpu" or figures["gpt2"]["mfu"] > 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import UserError, closest
+from .quiet import quiet_libraries
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal[
@@ -96,6 +97,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between logged training lines
     log_with: list[str] = field(default_factory=list)  # extra Accelerate trackers: tensorboard, wandb, ...
     progress: bool = True  # progress bar on the main process
+    verbose: bool = False  # also show third-party progress bars, load reports and warnings (transformers, datasets)
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -232,6 +234,7 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
             f.name for f in dataclasses.fields(options)]
         raise UserError(_explain(str(error), extra)) from None
     cfg = TrainConfig(**{key: built[key] for key in CONFIG_KEYS})
+    quiet_libraries(cfg.verbose)  # before the job or script loads a model or a dataset
     if options is None:
         return cfg
     if _is_job(options):

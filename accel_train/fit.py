@@ -25,6 +25,7 @@ from .gradients import GradientWindow, NonFiniteGuard
 from .internals import skip_on_device, trim_optimizer_overhead
 from .job import Job
 from .launch import make_accelerator, set_threads, shutdown
+from .quiet import quiet_libraries
 from .logs import StepLog
 from .metrics import Meter
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
@@ -78,6 +79,7 @@ def fit(
     """
     cfg = config or TrainConfig()
     started = time.perf_counter()
+    quiet_libraries(cfg.verbose)
     threads_rule = set_threads(cfg.num_threads)[1]
     jsonl = JsonlTracker(".")
     accelerator, notes = make_accelerator(cfg, trackers=[jsonl, *cfg.log_with])

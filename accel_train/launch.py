@@ -100,8 +100,6 @@ def check_launch(cfg: TrainConfig) -> tuple[bool, str, list[str]]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     gpu = _has_gpu()
     cpu = cfg.cpu or _env_flag("ACCELERATE_USE_CPU") or not gpu
-    if world > 1 and not gpu and not (cfg.cpu or _env_flag("ACCELERATE_USE_CPU")):
-        notes.append(f"no GPU found: the {world} launched processes train together with DDP on the CPU (gloo)")
     if (world == 1 and os.environ.get("MASTER_ADDR") and "ACCELERATE_USE_CPU" in os.environ
             and not any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
             and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"):

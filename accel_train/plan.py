@@ -76,6 +76,7 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
     return {
         "device": accelerator.device.type,
         "distributed_type": accelerator.distributed_type.value,
+        "backend": _backend(),
         "processes": accelerator.num_processes,
         "machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", "1")) or 1),
         "threads_per_process": torch.get_num_threads() if accelerator.device.type == "cpu" else None,
@@ -102,6 +103,13 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
     }
 
 
+def _backend() -> str | None:
+    """The process group's backend (gloo, nccl, ...), None in one process."""
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+
+
 def _length(dataset) -> int | None:
     """A dataset's length, or None for a stream."""
     try:
@@ -118,17 +126,35 @@ def write(run_dir: Path, plan: dict[str, Any]) -> None:
     write_json(run_dir / "plan.json", plan)
 
 
+MODES = {"NO": "", "MULTI_CPU": "DDP", "MULTI_GPU": "DDP", "MULTI_NPU": "DDP", "MULTI_XPU": "DDP", "FSDP": "FSDP",
+         "DEEPSPEED": "DeepSpeed", "XLA": "XLA"}
+
+
+def _processes(plan: dict[str, Any]) -> str:
+    """`1 process on the cpu, 2 threads [rule]` / `2 processes on the cpu, DDP over gloo, 1 thread each [...]`."""
+    n, threads, rule = plan["processes"], plan["threads_per_process"], plan.get("threads_rule")
+    text = f"{n} process{'es' if n > 1 else ''} on the {plan['device']}"
+    mode = MODES.get(plan["distributed_type"], plan["distributed_type"])
+    if mode:
+        text += f", {mode}" + (f" over {plan['backend']}" if plan.get("backend") else "")
+    if plan.get("machines", 1) > 1:
+        text += f", {plan['machines']} machines"
+    if threads:
+        text += f", {threads} thread{'s' if threads > 1 else ''}{' each' if n > 1 else ''}" + (
+            f" [{rule}]" if rule else "")
+    return text
+
+
 def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str:
-    threads, rule = plan["threads_per_process"], plan.get("threads_rule")
-    dev = plan["device"] + (f", {threads} thread(s) each" + (f" [{rule}]" if rule else "") if threads else "")
+    warmup, total = plan["warmup_steps"], plan["total_steps"]
     lines = [
         f"accel_train plan  ->  {run_dir}",
-        f"  processes   {plan['processes']} x {dev} ({plan['distributed_type']})",
+        f"  processes   {_processes(plan)}",
         f"  precision   {plan['precision_in_effect']}",
         f"  batch       {plan['batch_size_per_device']} per device x {plan['processes']} processes x "
         f"{plan['grad_accum']} accumulation = {plan['effective_batch']} per optimizer step",
-        f"  steps       {plan['steps_per_epoch'] or '?'} per epoch, {plan['total_steps']} in total"
-        f"{', ' + str(plan['warmup_steps']) + ' warm-up' if plan['warmup_steps'] else ''}"
+        f"  steps       {plan['steps_per_epoch'] or '?'} per epoch, {total} in total"
+        f"{', ' + str(warmup) + ' warm-up' if warmup else ''}"
         f"  ({plan['optimizer']}, {plan['scheduler']} schedule)",
         f"  data        {_count(plan['train_samples'])} train / {_count(plan['eval_samples'])} validation samples; "
         f"model {plan['trainable_parameters']:,} trainable parameters",
@@ -137,6 +163,9 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
         lines.append(f"  speed       {', '.join(plan['speed'])}")
     if resume_from is not None:
         lines.append(f"  resume      from {resume_from}")
+    if warmup >= total:
+        lines.append(f"  warning     the warm-up ({warmup} steps) is not shorter than the run ({total} steps): the LR "
+                     "never reaches --lr. Lower --warmup-steps or train longer.")
     lines += [f"  note        {note}" for note in plan["notes"]]
     return "\n".join(lines)
 

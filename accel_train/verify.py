@@ -124,9 +124,16 @@ def verify(job_config: str, launch_config: str | Path = DEFAULT_LAUNCH, steps: i
     base = ["--config", job_config, *job_args, "--max-steps", str(steps), "--log-every", "1",
             "--progress", "false", "--checkpoint-every", str(half), "--keep-checkpoints", "4",
             "--mixed-precision", precision]
-    root = Path(workdir or tempfile.mkdtemp(prefix="accel-train-verify-"))
+    if workdir is None:  # the four runs are only evidence: gone afterwards unless --workdir keeps them
+        with tempfile.TemporaryDirectory(prefix="accel-train-verify-") as tmp:
+            return _verify_in(Path(tmp), base, launch, processes, cfg.batch_size, precision, tolerance, half)
+    return _verify_in(Path(workdir), base, launch, processes, cfg.batch_size, precision, tolerance, half)
+
+
+def _verify_in(root: Path, base: list[str], launch: Path, processes: int, batch_size: int, precision: str,
+               tolerance: float, half: int) -> list[Check]:
     single, launched, resumed = root / "single", root / "launched", root / "resumed"
-    _train(base + ["--output-dir", str(single), "--batch-size", str(cfg.batch_size * processes)], None)
+    _train(base + ["--output-dir", str(single), "--batch-size", str(batch_size * processes)], None)
     _train(base + ["--output-dir", str(launched)], launch)
     _train(base + ["--output-dir", str(resumed), "--stop-at-step", str(half)], launch)
     _train(base + ["--output-dir", str(resumed), "--resume", "auto"], launch)
@@ -137,15 +144,21 @@ def verify(job_config: str, launch_config: str | Path = DEFAULT_LAUNCH, steps: i
         layers = json.loads((launched / "plan.json").read_text())["batch_dependent_layers"]
         if not ok and layers:
             detail += (f" (the model has {', '.join(layers)}: per-process batch statistics and random masks differ "
-                       "from one process by design)")
+                       "from one process by design; verify the same job without them to check the rest)")
+        elif not ok:
+            detail += (" (keep the runs with --workdir DIR and compare their metrics.jsonl; a model whose output "
+                       "depends on the batch split or on randomness outside torch's RNG is the usual cause)")
         checks.append(Check(f"{processes} processes == 1 process", ok, detail))
     else:
         checks.append(Check("N processes == 1 process", None, "the launch config starts one process"))
     ok, detail = compare_runs(launched, resumed, 0.0, after=half)
+    if not ok:
+        detail += (" (state outside the checkpoint: a random or numpy generator of your own, or data that changes "
+                   "between launches; keep the runs with --workdir DIR to compare them)")
     checks.append(Check(f"resumed at step {half} == uninterrupted", ok, detail))
     summary = json.loads((launched / "summary.json").read_text())
     seen, wanted = summary.get("compute_dtype"), DTYPES[precision]
-    checks.append(Check(f"precision {precision}", seen == wanted if seen else None,
+    checks.append(Check(f"precision {'fp32' if precision == 'no' else precision}", seen == wanted if seen else None,
                         f"{summary['precision']}; the first linear/conv layer computed in {seen or '(none found)'}"
                         f"{'' if not seen or seen == wanted else f', expected {wanted}'}"))
     return checks

@@ -20,7 +20,8 @@ def test_yaml_then_flags_override():
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.mixed_precision) == (3, 8, 0.003, [10, 20], "bf16")
     assert job.channels == 16 and job.val_fraction == 0.2
     assert job.record() == {"class_path": "accel_train.tasks.vision.Digits",
-                            "init_args": {"val_fraction": 0.2, "channels": 16}}
+                            "init_args": {"val_fraction": 0.2, "channels": 16, "batch_norm": True,
+                                          "dropout": 0.2}}
 
 
 def test_unknown_flag_names_closest_key():

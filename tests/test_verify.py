@@ -51,4 +51,4 @@ def test_verify_passes_on_an_exact_job(tmp_path, digits_file):
     assert any(line.strip().startswith("PASS  2 processes == 1 process") for line in lines), proc.stdout
     assert any(line.strip().startswith("PASS  resumed at step 3 == uninterrupted  bitwise equal, 3 steps")
                for line in lines), proc.stdout
-    assert any(line.strip().startswith("PASS  precision no") and "float32" in line for line in lines), proc.stdout
+    assert any(line.strip().startswith("PASS  precision fp32") and "float32" in line for line in lines), proc.stdout

@@ -139,6 +139,14 @@ def _texts(batch: dict, indices: list[int], *, tokenizer, column: str, block_siz
     return {key: [values[i] for i in keep] for key, values in encoded.items()}
 
 
+def _special_ids(tokenizer: Any) -> dict[str, int | None]:
+    """The model config's token ids from the tokenizer, so a fresh model never keeps its architecture's defaults
+    (GPT-2's 50256, outside a BERT-style vocabulary): BERT-style tokenizers open with [CLS] and close with [SEP]."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(tokenizer, "cls_token_id", None)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(tokenizer, "sep_token_id", None)
+    return {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id}
+
+
 def causal_lm_model(opts: CausalLMOptions, tokenizer: Any) -> torch.nn.Module:
     """A pretrained causal LM (`--job.model`), or a fresh one of `--job.model-config` sized to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -150,8 +158,7 @@ def causal_lm_model(opts: CausalLMOptions, tokenizer: Any) -> torch.nn.Module:
                             "scratch).")
         model = load_pretrained(AutoModelForCausalLM, opts.model, opts.trust_remote_code)
     else:
-        special = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                   if getattr(tokenizer, k) is not None}
+        special = _special_ids(tokenizer)
         sizes = {"vocab_size": len(tokenizer), **special, **opts.config_overrides}
         try:
             config = (AutoConfig.from_pretrained(opts.model_config, **remote, **sizes) if Path(opts.model_config).exists()

@@ -20,15 +20,16 @@ DIGIT_CAPTION = "a handwritten digit {}"  # the digits' caption in the multimoda
 class DigitsCNN(nn.Module):
     """Two 3x3 conv blocks and a linear head: 8x8x1 -> 4x4x2c -> 10 logits."""
 
-    def __init__(self, channels: int = 32, num_classes: int = 10):
+    def __init__(self, channels: int = 32, num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.2):
         super().__init__()
         self.num_classes = num_classes
+        norm = nn.BatchNorm2d if batch_norm else (lambda width: nn.Identity())
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.BatchNorm2d(2 * channels), nn.ReLU(),
+            nn.Conv2d(1, channels, 3, padding=1), norm(channels), nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1), norm(2 * channels), nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * channels * 16, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * channels * 16, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -62,10 +63,13 @@ class Digits(Job):
 
     val_fraction: float = 0.2  # share of the images held out for validation (stratified)
     channels: int = 32  # width of the first conv block
+    batch_norm: bool = True  # batch norm after each conv (per-process statistics under DDP)
+    dropout: float = 0.2  # dropout before the linear head
 
     def build(self, seed: int) -> Parts:
         train_data, eval_data = digits_splits(self.val_fraction, seed)
-        return Parts(DigitsCNN(self.channels), train_data, eval_data, task=Task("cross_entropy", ["accuracy"]))
+        model = DigitsCNN(self.channels, batch_norm=self.batch_norm, dropout=self.dropout)
+        return Parts(model, train_data, eval_data, task=Task("cross_entropy", ["accuracy"]))
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ def resolve_resume(resume: str | None, run_dir: Path | None) -> Path | None:
     if resume == "auto":
         if run_dir is None:
             raise UserError("--resume auto needs --output-dir: the run folder to continue.")
-        return Checkpointer(run_dir).latest()
+        return _resumable(Checkpointer(run_dir).latest())
     path = Path(resume)
     if not path.exists():
         raise UserError(f"--resume {resume}: no such checkpoint folder. Give a folder under <run>/checkpoints/, "
@@ -263,8 +263,16 @@ def resolve_resume(resume: str | None, run_dir: Path | None) -> Path | None:
         latest = Checkpointer(path).latest()
         if latest is None:
             raise UserError(f"--resume {resume}: the run folder holds no complete checkpoint.")
-        return latest
+        return _resumable(latest)
     if not is_complete(path):
         raise UserError(f"--resume {resume}: not a complete checkpoint (no {MARKER} marker; the save was "
                         "interrupted). Resume from an earlier checkpoint, or --resume auto.")
+    return _resumable(path)
+
+
+def _resumable(path: Path | None) -> Path | None:
+    if path is not None and (path / "NO_OPTIMIZER").exists():  # tidy.NOT_RESUMABLE
+        raise UserError(f"checkpoint {path} holds no optimizer state (the run ended with --save-optimizer false), "
+                        "so it cannot be resumed exactly. Start a new run (a new --output-dir), or load its "
+                        "model.safetensors as initial weights.")
     return path

@@ -83,7 +83,8 @@ class TrainConfig:
 
     # -- checkpoints and recovery ---------------------------------------------------------------------------------
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch); always each epoch
-    keep_checkpoints: int = 1  # newest complete checkpoints kept; the best one is kept as well
+    keep_checkpoints: int = 1  # newest complete checkpoints kept; the best one is kept as well; 0: only the best
+    save_optimizer: bool = True  # false: a finished run's checkpoints drop the optimizer state (smaller, not resumable)
     background_checkpoints: bool = True  # write checkpoint files in a thread while training goes on
     stop_at_step: int | None = None  # checkpoint and exit 0 after this optimizer step, as on SIGTERM; resume later
     early_stopping: int | None = None  # stop after this many epochs without `monitor` improving by min_delta
@@ -101,7 +102,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
+                    "log_every": self.log_every}
         for key in ("checkpoint_every", "stop_at_step", "early_stopping", "num_threads"):
             if getattr(self, key) is not None:
                 positive[key] = getattr(self, key)
@@ -114,6 +115,8 @@ class TrainConfig:
                 raise UserError(f"{key} must be at least 1 (got {value}). Set --{key.replace('_', '-')} to 1 or more.")
         if not self.lr > 0:
             raise UserError(f"lr must be positive (got {self.lr}). Set --lr, for example --lr 1e-3.")
+        if self.keep_checkpoints < 0:
+            raise UserError(f"keep_checkpoints must be 0 or more (got {self.keep_checkpoints}); 0 keeps only the best.")
         if self.num_workers < 0 or self.warmup_steps < 0:
             raise UserError("num_workers and warmup_steps cannot be negative.")
         if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):

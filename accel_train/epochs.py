@@ -24,6 +24,7 @@ from .metrics import Meter
 from .plan import ComputeDtype
 from .run_folder import write_summary
 from .task import Task
+from .tidy import folder_bytes, share_weights, tidy_checkpoints, unshare_weights
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity", "error")
 
@@ -216,6 +217,8 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
         accelerator.load_state(str(best))  # the exported weights below are then the best ones
     summary = _summary(run, time.perf_counter() - started, stopped, best)
     if not stopped:
+        if accelerator.is_main_process:
+            unshare_weights(run.run_dir)
         accelerator.wait_for_everyone()
         model = run.model
         if is_compiled_module(model):  # export the model's own names, not torch.compile's `_orig_mod.` ones
@@ -223,6 +226,11 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
         accelerator.save_model(model, str(run.run_dir), safe_serialization=True)
         _export_pretrained(accelerator, model, processor, run.run_dir / "model")
     if accelerator.is_main_process:
+        if not stopped:
+            tidy_checkpoints(run.checkpointer.root, run.cfg.keep_checkpoints, progress.best_checkpoint,
+                             run.cfg.save_optimizer)
+            share_weights(run.run_dir)
+        summary["run_dir_bytes"] = folder_bytes(run.run_dir)
         write_summary(run.run_dir, summary)
     accelerator.print(summary_line(summary))
     return summary

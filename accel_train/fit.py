@@ -140,7 +140,7 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
                              guard=guard, allow_unused=cfg.find_unused_parameters),
         batches=TrainBatches(train_loader, accelerator, cfg.seed),
         steps_per_epoch=steps_per_epoch(batches, cfg.grad_accum) if batches else None,
-        checkpointer=Checkpointer(run_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every,
+        checkpointer=Checkpointer(run_dir, keep=max(1, cfg.keep_checkpoints), every=cfg.checkpoint_every,
                                   background=cfg.background_checkpoints), stop=stop,
         log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
         compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),

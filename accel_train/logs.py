@@ -73,4 +73,10 @@ def summary_line(summary: dict[str, Any]) -> str:
             if summary["best_metric"] is not None else "no epoch completed")
     rate = f"{summary['samples_per_s']:.0f} samples/s" if summary["samples_per_s"] else "-"
     return (f"done: {best}; {summary['wall_time_s']:.1f} s wall, {rate}, {summary['processes']} process(es), "
-            f"{summary['precision']}; run folder {summary['run_dir']}")
+            f"{summary['precision']}; run folder {summary['run_dir']}{_size(summary)}")
+
+
+def _size(summary: dict[str, Any]) -> str:
+    from .tidy import human
+
+    return f" ({human(summary['run_dir_bytes'])})" if summary.get("run_dir_bytes") is not None else ""

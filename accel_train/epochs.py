@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import time
-
-import torch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from accelerate.utils import is_compiled_module
 
@@ -27,6 +27,7 @@ from .monitor import Performance, verdict
 from .plan import ComputeDtype
 from .run_folder import write_summary
 from .task import Task
+from .tracking import log_kwargs
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity", "error")
 
@@ -152,7 +153,6 @@ def _train_epoch(run: Run) -> bool:
             tick = time.perf_counter()
             path = run.checkpointer.save(run.accelerator, progress, f"step_{progress.step:07d}", run.model, run.meter)
             run.perf.clock.pause(time.perf_counter() - tick)  # writing a checkpoint is not step time
-            tick = time.perf_counter()
             if run.grads.stop:
                 run.checkpointer.wait()
                 _report_stop(run, path)
@@ -214,9 +214,9 @@ def _end_epoch(run: Run) -> bool:
               **{f"val/{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"]}
     progress.history.append(record)
     record = {**record, **run.perf.epoch_values(progress.step, run.steps)}
-    accelerator.log(record, step=progress.step, log_kwargs={"jsonl": {"kind": "epoch"}})
+    accelerator.log(record, step=progress.step, log_kwargs=log_kwargs("epoch"))
     run.log.write(epoch_line(record, math.ceil(run.steps / run.steps_per_epoch) if run.steps_per_epoch else None))
-    if line := verdict(record.get("perf/data_wait"), run.cfg.num_workers):
+    if line := verdict(record.get("perf/epoch_data_wait"), run.cfg.num_workers):
         run.log.write(line)
     run.checkpointer.save(accelerator, progress, name, run.model, run.meter)
     # every process holds the same gathered metrics; the trigger makes the decision one collective fact

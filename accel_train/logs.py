@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .tracking import log_kwargs
+
 
 class _Quiet:
     """The progress bar on processes that print nothing."""
@@ -28,7 +30,7 @@ def progress_bar(accelerator, show: bool, total: int, done: int):
     """On the main process: a tqdm bar when `show` and stdout is a terminal, else plain lines; nothing elsewhere."""
     if not accelerator.is_main_process:
         return _Quiet()
-    if not (show and sys.stdout.isatty()):
+    if not (show and getattr(sys.stdout, "isatty", lambda: False)()):
         return _Lines()
     from tqdm.auto import tqdm
 
@@ -52,7 +54,7 @@ class StepLog:
 
     def step(self, step: int, values: dict[str, Any]) -> None:
         """Record one training line (`values` holds "train/loss", "lr", "perf/...") at optimizer step `step`."""
-        self.accelerator.log(values, step=step, log_kwargs={"jsonl": {"kind": "step"}})
+        self.accelerator.log(values, step=step, log_kwargs=log_kwargs("step"))
         rate = values.get("perf/samples_per_s")
         if isinstance(self.bar, _Lines):
             if self.show:

@@ -156,6 +156,14 @@ class Performance:
         self.epoch_started = self.epoch_wait = self.train_s = self.run_train_s = 0.0
         self.last: dict[str, Any] = {}  # the latest figures, for the summary
 
+    @classmethod
+    def for_run(cls, batches, accelerator, cfg) -> Performance:
+        """FLOPs are counted for eager models (FlopCounterMode sees neither compiled graphs nor the kernels of
+        DeepSpeed, FSDP or Megatron)."""
+        sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+        return cls(batches, accelerator.device, accelerator.num_processes, half=accelerator.mixed_precision != "no",
+                   count_flops=cfg.compile == "off" and not sharded, num_workers=cfg.num_workers)
+
     def start_epoch(self, step: int, totals: list[float] | None = None) -> None:
         now = time.perf_counter()
         if self.started is None:
@@ -184,7 +192,7 @@ class Performance:
         values = {"time/epoch_s": now - self.epoch_started,
                   "time/eta_s": (now - (self.started or now)) / done * max(total_steps - step, 0)}
         if self.train_s > 0:
-            values["perf/data_wait"] = min((self.batches.wait_s - self.epoch_wait) / self.train_s, 1.0)
+            values["perf/epoch_data_wait"] = min((self.batches.wait_s - self.epoch_wait) / self.train_s, 1.0)
         values.update(self.system.sample())
         self.last.update(values)
         return values

@@ -57,6 +57,18 @@ def make_trackers(names: list[str]) -> list[InRunFolder]:
     return [InRunFolder(name) for name in names]
 
 
+def log_kwargs(kind: str) -> dict[str, dict[str, str]]:
+    """`accelerator.log`'s per-tracker keywords: metrics.jsonl writes the kind, the others rename by it."""
+    return {name: {"kind": kind} for name in ("jsonl", *PACKAGES)}
+
+
+def epoch_view(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch record as trackers get it: the epoch's train metrics as `train_epoch/...`, so that they do not land
+    on the logging step's `train/loss` at the same step; `lr` and `epoch` are in the step's own points."""
+    return {(f"train_epoch/{k[6:]}" if k.startswith("train/") else k): v for k, v in record.items()
+            if k not in ("lr", "epoch")}
+
+
 def hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
     """A nested config as flat `a.b.c` keys of types every tracker stores (None and lists as text)."""
     flat: dict[str, bool | int | float | str] = {}
@@ -124,8 +136,8 @@ class InRunFolder(GeneralTracker):
     def store_init_configuration(self, values: dict) -> None:
         self.inner.store_init_configuration(values)
 
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        self.inner.log(values, step=step, **kwargs)
+    def log(self, values: dict, step: int | None = None, kind: str | None = None, **kwargs) -> None:
+        self.inner.log(epoch_view(values) if kind == "epoch" else values, step=step, **kwargs)
 
     def finish(self) -> None:
         if self.inner is not None:
@@ -169,8 +181,13 @@ class MlflowFileTracker(GeneralTracker):
 
         with _file_store_allowed():
             self.store = FileStore(str((self.run_dir / "mlruns").resolve()))
+        from mlflow.entities import RunStatus
+
         self.run_id = _read_ids(self.run_dir).get("mlflow")
-        if self.run_id is None:
+        if self.run_id is not None:  # a resumed run: the same MLflow run, running again
+            self.store.update_run_info(self.run_id, RunStatus.to_string(RunStatus.RUNNING), end_time=None,
+                                       run_name=self.run_dir.name)
+        else:
             found = self.store.get_experiment_by_name(self.experiment)
             experiment = found.experiment_id if found else self.store.create_experiment(self.experiment)
             run = self.store.create_run(experiment, user_id="accel_train", start_time=_now(), tags=[],

@@ -135,12 +135,16 @@ def _nvml_handle(device: torch.device):
 
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
-        if uuid:
-            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # not installed, no driver, an unknown device: the GPU figures are simply absent
+    except Exception:  # not installed, no driver: the GPU figures are simply absent
         return None
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:  # an older torch, a device NVML names otherwise: by index (right without renumbering)
+        try:
+            return pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:
+            return None
 
 
 class Performance:

@@ -171,6 +171,7 @@ class MlflowFileTracker(GeneralTracker):
         super().__init__()
         self.run_dir, self.experiment = run_dir, experiment
         self.store = self.run_id = None
+        self.logged: dict[str, int] = {}  # the last step of each metric before this (resumed) part
 
     @property
     def tracker(self):
@@ -187,6 +188,10 @@ class MlflowFileTracker(GeneralTracker):
         if self.run_id is not None:  # a resumed run: the same MLflow run, running again
             self.store.update_run_info(self.run_id, RunStatus.to_string(RunStatus.RUNNING), end_time=None,
                                        run_name=self.run_dir.name)
+            # a run killed after its checkpoint logged points past it: the resumed run computes those again (the
+            # same values), MLflow cannot remove points, so they are not logged twice
+            self.logged = {key: max(m.step for m in self.store.get_metric_history(self.run_id, key))
+                           for key in self.store.get_run(self.run_id).data.metrics}
         else:
             found = self.store.get_experiment_by_name(self.experiment)
             experiment = found.experiment_id if found else self.store.create_experiment(self.experiment)
@@ -206,8 +211,9 @@ class MlflowFileTracker(GeneralTracker):
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         from mlflow.entities import Metric
 
-        now = _now()
-        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if isinstance(v, (int, float))]
+        now, step = _now(), step or 0
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()
+                   if isinstance(v, (int, float)) and step > self.logged.get(k, -1)]
         self.store.log_batch(self.run_id, metrics=metrics, params=[], tags=[])
 
     def finish(self) -> None:

@@ -251,3 +251,44 @@ def test_the_terminal_bar_shows_loss_lr_and_samples_per_second(monkeypatch):
     assert type(log.bar).__name__.startswith("tqdm") and log.bar.total == 100 and logged == [5]
     assert log.bar.postfix == "loss=0.2500, lr=1.00e-03, samples/s=512"
     log.close()
+
+
+def test_a_run_killed_past_its_checkpoint_resumes_without_duplicate_points(tmp_path, monkeypatch, digits_file):
+    """SIGKILL when micro-batch 22 starts: steps 10 and 11 were logged, the checkpoint is step 9. Resumed, the
+    trackers hold each step once, with the values of the resumed run's metrics.jsonl (TensorBoard purges what
+    the killed run logged past step 9; MLflow, which cannot remove points, does not log them again)."""
+    from support import SCRIPTS, check, run_python
+
+    out = tmp_path / "run"
+    common = [str(SCRIPTS / "resume_job.py"), "--data", digits_file, "--epochs", "2", "--log-with",
+              "tensorboard,mlflow", "--output-dir", str(out)]
+    assert run_python([*common, "--kill-at-batch", "22"]).returncode != 0
+    assert max(r["step"] for r in read_metrics(out)) == 11
+    check(run_python([*common, "--resume", "auto"]))
+    steps = _jsonl(out, "step", "train/loss")
+    assert [s for s, _ in steps] == list(range(1, 17))
+    _close(_tensorboard(out, "train/loss"), steps)
+    _close(_tensorboard(out, "val/accuracy"), _jsonl(out, "epoch", "val/accuracy"))
+    client = _mlflow_client(out, monkeypatch)
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == steps
+    assert [m.step for m in client.get_metric_history(run_id, "val/accuracy")] == [8, 16]
+
+
+def test_the_step_clock_divides_by_what_it_measured(monkeypatch):
+    """Step time, samples/s, tokens/s and the data-wait share over one interval, on a clock the test sets."""
+    from types import SimpleNamespace
+
+    from accel_train import monitor
+
+    now = {"t": 10.0}
+    monkeypatch.setattr(monitor.time, "perf_counter", lambda: now["t"])
+    batches = SimpleNamespace(wait_s=1.0)
+    clock = monitor.StepClock(batches)
+    clock.restart(step=4, totals=[0.0, 100.0, 32.0])
+    now["t"], batches.wait_s = 15.0, 2.0  # 5 s later, 1 s of them waiting for data, 1 s writing a checkpoint
+    clock.pause(1.0)
+    values = clock.interval(step=8, totals=[0.0, 500.0, 96.0], tokens=True)
+    assert values == {"perf/step_time_s": 1.0, "perf/samples_per_s": 16.0, "perf/data_wait": 0.25,
+                      "perf/tokens_per_s": 100.0}
+    assert clock.step == 8 and clock.totals == [0.0, 500.0, 96.0] and clock.wait == 2.0

@@ -127,9 +127,11 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     scheduler, monitor.plateau = accelerator.prepare(scheduler or build_scheduler(cfg, raw_optimizer, steps),
                                                      build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
+    logged = tracking.logged_steps(run_dir) if resume_from and accelerator.is_main_process else {}  # before truncation
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
     plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups)
-    _start_tracking(accelerator, trackers, run_dir, progress.step, {**cfg.to_dict(), **_as_dict(options)}, plan)
+    _start_tracking(accelerator, trackers, run_dir, (progress.step, logged), {**cfg.to_dict(), **_as_dict(options)},
+                    plan)
     accelerator.print(plans.render(plan, run_dir, resume_from))
     train_batches = TrainBatches(train_loader, accelerator, cfg.seed)
     return Run(
@@ -146,15 +148,16 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
         device=accelerator.device.type)
 
 
-def _start_tracking(accelerator, trackers: list, run_dir: Path, step: int, config: dict, plan: dict) -> None:
+def _start_tracking(accelerator, trackers: list, run_dir: Path, resumed: tuple[int, dict], config: dict,
+                    plan: dict) -> None:
     """Write config.yaml and plan.json, and start the trackers in the run folder with the whole resolved config
-    (the job's options included) as hyper-parameters."""
+    (the job's options included) as hyper-parameters; `resumed`: the restored step, what was logged before it."""
     if accelerator.is_main_process:
         write_config(run_dir, config)
         plans.write(run_dir, plan)
     trackers[0].path = run_dir / "metrics.jsonl"
     for tracker in trackers[1:]:
-        tracker.place(run_dir, step)
+        tracker.place(run_dir, *resumed)
     accelerator.init_trackers(tracking.PROJECT, config=tracking.hparams(config))
 
 

@@ -80,6 +80,18 @@ def hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | int | 
     return flat
 
 
+def logged_steps(run_dir: Path) -> dict[tuple[str, str], int]:
+    """(kind, key) -> the last step metrics.jsonl holds, read before a resume truncates it: trackers logged the
+    same points."""
+    from .run_folder import read_metrics
+
+    logged: dict[tuple[str, str], int] = {}
+    for row in read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []:
+        for key in row:
+            logged[(row.get("kind"), key)] = max(logged.get((row.get("kind"), key), -1), row["step"] or 0)
+    return logged
+
+
 def _read_ids(run_dir: Path) -> dict[str, str]:
     path = run_dir / IDS
     return json.loads(path.read_text()) if path.exists() else {}
@@ -102,18 +114,21 @@ class InRunFolder(GeneralTracker):
         super().__init__()
         self.run_dir: Path | None = None
         self.step = 0  # the restored step of a resumed run
+        self.logged: dict[tuple[str, str], int] = {}  # (kind, key) -> the last step logged before this part
         self.inner: GeneralTracker | None = None
 
-    def place(self, run_dir: Path, step: int) -> None:
-        self.run_dir, self.step = run_dir, step
+    def place(self, run_dir: Path, step: int, logged: dict[tuple[str, str], int] | None = None) -> None:
+        """The run folder, the restored step, and what the run logged before it resumed (`logged_steps`)."""
+        self.run_dir, self.step, self.logged = run_dir, step, logged or {}
 
     @property
     def tracker(self):
         return self.inner.tracker
 
     def start(self) -> None:
-        self.inner = getattr(self, f"_{self.name}")()
-        self.inner.start()
+        inner = getattr(self, f"_{self.name}")()
+        inner.start()
+        self.inner = inner  # only a started tracker is finished: a failed start shows its own error
 
     def _tensorboard(self) -> GeneralTracker:
         from accelerate.tracking import TensorBoardTracker
@@ -137,6 +152,13 @@ class InRunFolder(GeneralTracker):
         self.inner.store_init_configuration(values)
 
     def log(self, values: dict, step: int | None = None, kind: str | None = None, **kwargs) -> None:
+        if self.logged and self.name == "mlflow":
+            # a run killed after its checkpoint logged points past it; the resumed run computes the same values
+            # again, and MLflow cannot take a point back: each is sent once. (TensorBoard hides the old ones,
+            # purge_step; W&B refuses a step below its last one, and an offline run loses its unflushed tail)
+            values = {k: v for k, v in values.items() if (step or 0) > self.logged.get((kind, k), -1)}
+            if not values:
+                return
         self.inner.log(epoch_view(values) if kind == "epoch" else values, step=step, **kwargs)
 
     def finish(self) -> None:
@@ -171,7 +193,6 @@ class MlflowFileTracker(GeneralTracker):
         super().__init__()
         self.run_dir, self.experiment = run_dir, experiment
         self.store = self.run_id = None
-        self.logged: dict[str, int] = {}  # the last step of each metric before this (resumed) part
 
     @property
     def tracker(self):
@@ -188,10 +209,6 @@ class MlflowFileTracker(GeneralTracker):
         if self.run_id is not None:  # a resumed run: the same MLflow run, running again
             self.store.update_run_info(self.run_id, RunStatus.to_string(RunStatus.RUNNING), end_time=None,
                                        run_name=self.run_dir.name)
-            # a run killed after its checkpoint logged points past it: the resumed run computes those again (the
-            # same values), MLflow cannot remove points, so they are not logged twice
-            self.logged = {key: max(m.step for m in self.store.get_metric_history(self.run_id, key))
-                           for key in self.store.get_run(self.run_id).data.metrics}
         else:
             found = self.store.get_experiment_by_name(self.experiment)
             experiment = found.experiment_id if found else self.store.create_experiment(self.experiment)
@@ -211,9 +228,8 @@ class MlflowFileTracker(GeneralTracker):
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         from mlflow.entities import Metric
 
-        now, step = _now(), step or 0
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()
-                   if isinstance(v, (int, float)) and step > self.logged.get(k, -1)]
+        now = _now()
+        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if isinstance(v, (int, float))]
         self.store.log_batch(self.run_id, metrics=metrics, params=[], tags=[])
 
     def finish(self) -> None:

@@ -254,9 +254,10 @@ def test_the_terminal_bar_shows_loss_lr_and_samples_per_second(monkeypatch):
 
 
 def test_a_run_killed_past_its_checkpoint_resumes_without_duplicate_points(tmp_path, monkeypatch, digits_file):
-    """SIGKILL when micro-batch 22 starts: steps 10 and 11 were logged, the checkpoint is step 9. Resumed, the
-    trackers hold each step once, with the values of the resumed run's metrics.jsonl (TensorBoard purges what
-    the killed run logged past step 9; MLflow, which cannot remove points, does not log them again)."""
+    """SIGKILL when micro-batch 22 starts: steps 10 and 11 were logged, the checkpoint is step 9. Resumed, each
+    tracker holds each step once, with metrics.jsonl's values (TensorBoard purges what the killed run logged past
+    step 9; MLflow, which cannot take a point back, is not sent those steps again: the killed run's values are the
+    resumed run's, as resume is exact)."""
     from support import SCRIPTS, check, run_python
 
     out = tmp_path / "run"

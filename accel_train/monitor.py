@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -20,9 +21,10 @@ import torch
 
 MB = 2**20
 INPUT_BOUND = 0.5  # data waits above this share of step time: the loader dominates
-PEAK_TFLOPS = (  # dense peak per GPU (NVIDIA data sheets): (name contains, half precision, fp32 or tf32)
-    ("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989.0, 494.0), ("A100", 312.0, 156.0),
-    ("L40S", 362.0, 183.0), ("L4", 121.0, 60.0), ("A10", 125.0, 62.5))
+PEAK_TFLOPS = (  # dense peak per GPU (NVIDIA data sheets): name contains -> (bf16/fp16, tf32, fp32); first match
+    ("H100 PCIe", (756.0, 378.0, 51.0)), ("H100", (989.0, 494.0, 67.0)), ("H200", (989.0, 494.0, 67.0)),
+    ("A100", (312.0, 156.0, 19.5)), ("L40S", (362.0, 183.0, 91.6)), ("L4", (121.0, 60.0, 30.3)),
+    ("A10", (125.0, 62.5, 31.2)))
 
 
 def memory(device: torch.device) -> dict[str, float]:
@@ -89,14 +91,14 @@ class FlopCount:
             self.per_step = mode.get_total_flops() or None
 
 
-def peak_flops(device: torch.device, half: bool) -> float | None:
-    """The dense peak FLOPs/s of this GPU in the run's precision, when known."""
+def peak_flops(device: torch.device, half: bool, tf32: bool = False) -> float | None:
+    """The dense peak FLOPs/s of this GPU in the run's precision (autocast, TF32 or plain fp32), when known."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, half_peak, full_peak in PEAK_TFLOPS:
-        if key in name:
-            return (half_peak if half else full_peak) * 1e12
+    for key, peaks in PEAK_TFLOPS:
+        if re.search(rf"\b{key}\b", name):  # a whole word: A10 is not A10G, L4 not L40
+            return peaks[0 if half else 1 if tf32 else 2] * 1e12
     return None
 
 
@@ -150,11 +152,11 @@ def _nvml_handle(device: torch.device):
 class Performance:
     """The run's performance figures: per logging step (`step_values`), per epoch (`epoch_values`), at the end."""
 
-    def __init__(self, batches, device: torch.device, processes: int, half: bool, count_flops: bool,
-                 num_workers: int):
+    def __init__(self, batches, device: torch.device, processes: int, count_flops: bool, num_workers: int,
+                 peak: float | None = None):
         self.batches, self.device, self.processes, self.num_workers = batches, device, processes, num_workers
         self.clock, self.flops, self.system = StepClock(batches), FlopCount(count_flops), SystemMonitor(device)
-        self.peak = peak_flops(device, half)
+        self.peak = peak  # FLOPs/s of one device, for MFU
         self.started: float | None = None  # this process's first step
         self.first_step = 0
         self.epoch_started = self.epoch_wait = self.train_s = self.run_train_s = 0.0
@@ -165,8 +167,9 @@ class Performance:
         """FLOPs are counted for eager models (FlopCounterMode sees neither compiled graphs nor the kernels of
         DeepSpeed, FSDP or Megatron)."""
         sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
-        return cls(batches, accelerator.device, accelerator.num_processes, half=accelerator.mixed_precision != "no",
-                   count_flops=cfg.compile == "off" and not sharded, num_workers=cfg.num_workers)
+        peak = peak_flops(accelerator.device, half=accelerator.mixed_precision != "no", tf32=cfg.tf32)
+        return cls(batches, accelerator.device, accelerator.num_processes, count_flops=cfg.compile == "off" and not
+                   sharded, num_workers=cfg.num_workers, peak=peak)
 
     def start_epoch(self, step: int, totals: list[float] | None = None) -> None:
         now = time.perf_counter()

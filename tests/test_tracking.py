@@ -293,3 +293,16 @@ def test_the_step_clock_divides_by_what_it_measured(monkeypatch):
     assert values == {"perf/step_time_s": 1.0, "perf/samples_per_s": 16.0, "perf/data_wait": 0.25,
                       "perf/tokens_per_s": 100.0}
     assert clock.step == 8 and clock.totals == [0.0, 500.0, 96.0] and clock.wait == 2.0
+
+
+def test_mfu_uses_the_dense_peak_of_the_named_gpu_and_none_elsewhere(monkeypatch):
+    from accel_train.monitor import peak_flops
+
+    cuda = torch.device("cuda", 0)
+    names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA A100-SXM4-80GB": 312e12,
+             "NVIDIA A10G": None, "NVIDIA L40": None, "NVIDIA L4": 121e12}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        assert peak_flops(cuda, half=True) == peak, name
+    assert peak_flops(cuda, half=False, tf32=True) == 60e12 and peak_flops(cuda, half=False) == 30.3e12  # the L4
+    assert peak_flops(torch.device("cpu"), half=True) is None

@@ -82,8 +82,7 @@ def fit(
     started = time.perf_counter()
     quiet_libraries(cfg.verbose)
     threads_rule = set_threads(cfg.num_threads)[1]
-    tracking.check_installed(cfg.log_with)  # before anything is written
-    trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]
+    trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
     try:
         with StopRequest(cfg.stop_at_step) as stop:

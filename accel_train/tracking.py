@@ -54,6 +54,8 @@ def check_installed(names: list[str]) -> None:
 
 
 def make_trackers(names: list[str]) -> list[InRunFolder]:
+    """The trackers `names` asks for, each installed (`check_installed`), to start once the run folder exists."""
+    check_installed(names)
     return [InRunFolder(name) for name in names]
 
 

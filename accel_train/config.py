@@ -96,11 +96,14 @@ class TrainConfig:
     monitor: str | None = None  # validation metric picking the best checkpoint; default: the first metric, else loss
     monitor_mode: Literal["max", "min"] | None = None  # default: min for losses and errors, max otherwise
     log_every: int = 10  # optimizer steps between logged training lines
-    log_with: list[str] = field(default_factory=list)  # extra Accelerate trackers: tensorboard, wandb, ...
+    log_with: list[str] | str = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (a,b for several)
     progress: bool = True  # progress bar on the main process
     verbose: bool = False  # also show third-party progress bars, load reports and warnings (transformers, datasets)
 
     def __post_init__(self) -> None:
+        from .tracking import parse_names
+
+        self.log_with = parse_names(self.log_with)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "log_every": self.log_every}
         for key in ("checkpoint_every", "stop_at_step", "early_stopping", "num_threads"):

@@ -4,6 +4,7 @@ dataset, or a ready DataLoader. Accelerate shards them across processes when the
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -11,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import UserError
 from .internals import mark_prepared
+
+
+_END = object()
 
 
 def _is_hf_dataset(data: Any) -> bool:
@@ -72,6 +76,7 @@ class TrainBatches:
         self.loader, self.accelerator, self.seed = loader, accelerator, seed
         self.current = loader
         self.position = 0  # micro-batches of the current epoch handed out so far, on this process
+        self.wait_s = 0.0  # seconds spent waiting for the next batch, over the run
         total = getattr(loader, "total_batch_size", None)
         try:
             self.remainder = len(loader.dataset) % total if total else 0
@@ -99,7 +104,13 @@ class TrainBatches:
     def __iter__(self):
         loader, rank = self.current, self.accelerator.process_index
         padded = self.accelerator.num_processes > 1 and self.remainder > 0
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, _END)
+            self.wait_s += time.perf_counter() - asked  # host time waiting for the loader (monitor.StepClock)
+            if batch is _END:
+                return
             self.position += 1
             if padded and loader.end_of_dataloader:
                 yield batch, max(0, min(self.per_process, self.remainder - rank * self.per_process))

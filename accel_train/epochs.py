@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from accelerate.utils import is_compiled_module
 
 from .checkpoint import Checkpointer, Progress, StopRequest
@@ -21,10 +23,12 @@ from .gradients import GradientWindow
 from .logs import StepLog, epoch_line, summary_line
 from .loop import evaluate, train_one_epoch
 from .metrics import Meter
+from .monitor import Performance, verdict
 from .plan import ComputeDtype
 from .run_folder import write_summary
 from .task import Task
 from .tidy import folder_bytes, share_weights, tidy_checkpoints, unshare_weights
+from .tracking import log_kwargs
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity", "error")
 
@@ -85,6 +89,7 @@ class Run:
     checkpointer: Checkpointer
     stop: StopRequest
     log: StepLog
+    perf: Performance
     compute_dtype: ComputeDtype
     precision: str  # the precision in effect, as the plan says it
     device: str
@@ -111,6 +116,7 @@ def train_epochs(run: Run) -> str | None:
         _wait_quietly(run.checkpointer)  # the write in flight completes; the run's own error is the one raised
         raise
     finally:
+        run.perf.close()
         run.log.close()
     run.checkpointer.wait()
     return None
@@ -126,9 +132,12 @@ def _wait_quietly(checkpointer: Checkpointer) -> None:
 def _train_epoch(run: Run) -> bool:
     """One epoch (or what is left of it); True when a stop was requested and a checkpoint written."""
     progress = run.progress
+    run.perf.start_epoch(progress.step, run.meter.totals() if progress.batch_in_epoch else None)  # resumed: counts so far
     tick = time.perf_counter()
+    run.perf.flops.begin()  # counts the first step's FLOPs, once
     for _ in train_one_epoch(run.accelerator, run.model, run.task, run.batches, run.optimizer, run.scheduler,
                              run.grads, run.meter):
+        run.perf.flops.end()
         progress.step += 1
         progress.batch_in_epoch = run.batches.done_in_epoch
         run.stop.step = progress.step
@@ -136,20 +145,26 @@ def _train_epoch(run: Run) -> bool:
         run.log.advance()
         if run.log.due(progress.step):
             _settle(run)
-            run.log.step(progress.step, _step_values(run))
+            run.log.step(progress.step, _step_values(run))  # the only host reads of a step
         if run.batches.current.end_of_dataloader or progress.step >= run.steps:
             break  # the epoch-end checkpoint follows
         if run.grads.stop or run.checkpointer.due(progress.step):
             _settle(run)
-            progress.train_time_s += time.perf_counter() - tick
+            _add_train_time(run, time.perf_counter() - tick)
             tick = time.perf_counter()
             path = run.checkpointer.save(run.accelerator, progress, f"step_{progress.step:07d}", run.model, run.meter)
+            run.perf.clock.pause(time.perf_counter() - tick)  # writing a checkpoint is not step time
             if run.grads.stop:
                 run.checkpointer.wait()
                 _report_stop(run, path)
                 return True
-    progress.train_time_s += time.perf_counter() - tick
+    _add_train_time(run, time.perf_counter() - tick)
     return False
+
+
+def _add_train_time(run: Run, seconds: float) -> None:
+    run.progress.train_time_s += seconds
+    run.perf.add_train_time(seconds)
 
 
 def _count_skipped(run: Run) -> None:
@@ -166,13 +181,18 @@ def _settle(run: Run) -> None:
 
 
 def _step_values(run: Run) -> dict[str, Any]:
-    values = {"kind": "step", "train/loss": run.meter.interval_loss(),
-              "lr": run.optimizer.param_groups[0]["lr"], "epoch": run.progress.epoch + 1}
+    """What a logging step records: loss, the LR of every parameter group, gradient norm, speed and memory."""
+    totals = run.meter.totals()  # one host read (and one all-reduce) for the loss and the counts
+    groups = run.optimizer.param_groups
+    values = {"train/loss": run.meter.interval_loss(totals), "lr": groups[0]["lr"],
+              **{f"lr_group_{i}": group["lr"] for i, group in enumerate(groups) if i},
+              "epoch": run.progress.epoch + 1}
     if run.grads.norm is not None:
         values["grad_norm"] = float(run.grads.norm)
     if run.progress.skipped_steps:
         values["skipped_steps"] = run.progress.skipped_steps
-    return values
+    tokens = isinstance(run.meter.units, torch.Tensor)  # the task counts loss units (target tokens) per sample
+    return {**values, **run.perf.step_values(run.progress.step, totals, tokens)}
 
 
 def _report_stop(run: Run, path) -> None:
@@ -191,11 +211,14 @@ def _end_epoch(run: Run) -> bool:
     progress.batch_in_epoch = 0
     name = f"step_{progress.step:07d}"
     early_stop = run.monitor.observe(progress, val or train, "validation" if val else "training", name)
-    record = {"kind": "epoch", "epoch": progress.epoch, **{f"train/{k}": v for k, v in train.items()},
+    record = {"epoch": progress.epoch, **{f"train/{k}": v for k, v in train.items()},
               **{f"val/{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"]}
     progress.history.append(record)
-    accelerator.log(record, step=progress.step)
+    record = {**record, **run.perf.epoch_values(progress.step, run.steps)}
+    accelerator.log(record, step=progress.step, log_kwargs=log_kwargs("epoch"))
     run.log.write(epoch_line(record, math.ceil(run.steps / run.steps_per_epoch) if run.steps_per_epoch else None))
+    if line := verdict(record.get("perf/epoch_data_wait"), run.cfg.num_workers):
+        run.log.write(line)
     run.checkpointer.save(accelerator, progress, name, run.model, run.meter)
     # every process holds the same gathered metrics; the trigger makes the decision one collective fact
     if accelerator.is_main_process and early_stop:
@@ -252,6 +275,7 @@ def _summary(run: Run, wall: float, stopped: str | None, best) -> dict[str, Any]
         "samples_per_s": progress.samples / progress.train_time_s if progress.train_time_s else None,
         "processes": run.accelerator.num_processes, "precision": run.precision,
         "compute_dtype": run.compute_dtype.dtype, "device": run.device,
+        "performance": run.perf.summary(),
     }
 
 

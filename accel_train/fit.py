@@ -13,7 +13,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
 from . import plan as plans
-from . import speed
+from . import speed, tracking
 from .batch_size import fit_batch_size
 from .checkpoint import (Checkpointer, Progress, StopRequest, load_meter, read_progress, resolve_resume,
     truncate_metrics)
@@ -28,6 +28,7 @@ from .launch import make_accelerator, set_threads, shutdown
 from .quiet import quiet_libraries
 from .logs import StepLog
 from .metrics import Meter
+from .monitor import Performance
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
 from .task import Task
@@ -81,11 +82,11 @@ def fit(
     started = time.perf_counter()
     quiet_libraries(cfg.verbose)
     threads_rule = set_threads(cfg.num_threads)[1]
-    jsonl = JsonlTracker(".")
-    accelerator, notes = make_accelerator(cfg, trackers=[jsonl, *cfg.log_with])
+    trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
+    accelerator, notes = make_accelerator(cfg, trackers=trackers)
     try:
         with StopRequest(cfg.stop_at_step) as stop:
-            run = _setup(accelerator=accelerator, cfg=cfg, jsonl=jsonl, stop=stop, notes=notes, options=options,
+            run = _setup(accelerator=accelerator, cfg=cfg, trackers=trackers, stop=stop, notes=notes, options=options,
                          threads_rule=threads_rule, model=model, train_data=train_data, eval_data=eval_data,
                          task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)),
                          optimizer=optimizer, scheduler=scheduler, collate_fn=collate_fn)
@@ -95,13 +96,12 @@ def fit(
         shutdown(accelerator)
 
 
-def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequest, notes: list[str], options,
+def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,
            threads_rule: str, model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
     cfg, speedups = _speed_up(accelerator, cfg, model, task, train_data, collate_fn, optimizer, notes)
     device = accelerator.device.type
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
-    jsonl.path = run_dir / "metrics.jsonl"
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
     monitor = Monitor.for_task(cfg, task)
@@ -126,25 +126,38 @@ def _setup(*, accelerator, cfg: TrainConfig, jsonl: JsonlTracker, stop: StopRequ
     scheduler, monitor.plateau = accelerator.prepare(scheduler or build_scheduler(cfg, raw_optimizer, steps),
                                                      build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
+    logged = tracking.logged_steps(run_dir) if resume_from and accelerator.is_main_process else {}  # before truncation
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
     plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups)
-    if accelerator.is_main_process:
-        write_config(run_dir, {**cfg.to_dict(), **_as_dict(options)})
-        plans.write(run_dir, plan)
+    _start_tracking(accelerator, trackers, run_dir, (progress.step, logged), {**cfg.to_dict(), **_as_dict(options)},
+                    plan)
     accelerator.print(plans.render(plan, run_dir, resume_from))
-    accelerator.init_trackers(cfg.name, config=plans.hparams(cfg))
+    train_batches = TrainBatches(train_loader, accelerator, cfg.seed)
     return Run(
         accelerator=accelerator, cfg=cfg, run_dir=run_dir, model=model, task=task, optimizer=optimizer,
         scheduler=scheduler, meter=meter, eval_loader=eval_loader, steps=steps, monitor=monitor, progress=progress,
         grads=GradientWindow(accelerator, model, cfg.max_grad_norm, cfg.clip_value,
                              guard=guard, allow_unused=cfg.find_unused_parameters),
-        batches=TrainBatches(train_loader, accelerator, cfg.seed),
+        batches=train_batches, perf=Performance.for_run(train_batches, accelerator, cfg),
         steps_per_epoch=steps_per_epoch(batches, cfg.grad_accum) if batches else None,
         checkpointer=Checkpointer(run_dir, keep=max(1, cfg.keep_checkpoints), every=cfg.checkpoint_every,
                                   background=cfg.background_checkpoints), stop=stop,
         log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
         compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),
         device=accelerator.device.type)
+
+
+def _start_tracking(accelerator, trackers: list, run_dir: Path, resumed: tuple[int, dict], config: dict,
+                    plan: dict) -> None:
+    """Write config.yaml and plan.json, and start the trackers in the run folder with the whole resolved config
+    (the job's options included) as hyper-parameters; `resumed`: the restored step, what was logged before it."""
+    if accelerator.is_main_process:
+        write_config(run_dir, config)
+        plans.write(run_dir, plan)
+    trackers[0].path = run_dir / "metrics.jsonl"
+    for tracker in trackers[1:]:
+        tracker.place(run_dir, *resumed)
+    accelerator.init_trackers(tracking.PROJECT, config=tracking.hparams(config))
 
 
 def _speed_up(accelerator, cfg: TrainConfig, model, task: Task, train_data, collate_fn, optimizer,

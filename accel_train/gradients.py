@@ -239,10 +239,13 @@ class GradientWindow:
         scaler = self.accelerator.scaler  # fp16: gradients are scaled by the GradScaler's factor until unscaled
         if self.max_grad_norm:
             self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)  # unscales first
-        elif self.clip_value:
-            self.accelerator.clip_grad_value_(self.params, self.clip_value)  # unscales first
-        elif scaler is not None:
-            self.accelerator.unscale_gradients()  # the guard and the optimizer see true gradients
+        else:
+            if self.clip_value:
+                self.accelerator.clip_grad_value_(self.params, self.clip_value)  # unscales first
+            elif scaler is not None:
+                self.accelerator.unscale_gradients()  # the guard and the optimizer see true gradients
+            # logged at the logging steps; stays on the device (the guard judges this same tensor)
+            self.norm = torch.nn.utils.get_total_norm(grads) if grads and self.sums_loss else None
         self.units = 0
         # Under fp16 an overflowing gradient is the scaler's business: its step skips the update and backs the scale
         # off, as it is meant to in the first steps. The guard judges the loss alone there.

@@ -236,7 +236,7 @@ class Meter:
         if self.metrics.metrics:  # detached: the metric arithmetic records no graph
             self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
 
-    def _totals(self) -> list[float]:
+    def totals(self) -> list[float]:
         """(loss, units, samples) summed over processes: one host read."""
         totals = torch.stack([self.loss, torch.as_tensor(self.units, device=self.loss.device).double(),
                               torch.tensor(float(self.samples), device=self.loss.device, dtype=torch.float64)])
@@ -244,15 +244,15 @@ class Meter:
             totals = self.accelerator.reduce(totals, reduction="sum")
         return totals.tolist()
 
-    def interval_loss(self) -> float:
-        """Mean loss per unit since the previous call, over all processes."""
-        loss, units, _ = self._totals()
+    def interval_loss(self, totals: list[float] | None = None) -> float:
+        """Mean loss per unit since the previous call, over all processes (from `totals()`, when given)."""
+        loss, units, _ = totals or self.totals()
         (last_loss, last_units), self.logged = self.logged, (loss, units)
         return (loss - last_loss) / max(units - last_units, 1.0)
 
     def compute(self) -> tuple[dict[str, float], int]:
         """The epoch's loss and metrics, and its sample count, over all processes."""
-        loss, units, samples = self._totals()
+        loss, units, samples = self.totals()
         self.metrics.reduce(self.accelerator)
         return {"loss": loss / max(units, 1.0), **self.metrics.compute()}, int(samples)
 

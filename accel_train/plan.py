@@ -169,7 +169,3 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
     lines += [f"  note        {note}" for note in plan["notes"]]
     return "\n".join(lines)
 
-
-def hparams(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as flat scalars, for trackers that store hyper-parameters."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in cfg.to_dict().items()}

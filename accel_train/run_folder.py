@@ -5,7 +5,9 @@
     metrics.jsonl     one JSON line per logging step ("kind": "step") and per epoch ("kind": "epoch")
     checkpoints/      save_state checkpoints (see checkpoint.py)
     model.safetensors the final weights
-    summary.json      best epoch and metric, final metrics, wall time, samples/s, processes, precision
+    summary.json      best epoch and metric, final metrics, wall time, samples/s, processes, precision, the
+                      performance monitor's figures and the data-wait verdict
+    trackers.json     the W&B and MLflow run ids, reused on resume; tensorboard/, wandb/, mlruns/ (see tracking.py)
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class JsonlTracker(GeneralTracker):
     def store_init_configuration(self, values: dict) -> None:
         pass
 
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+    def log(self, values: dict, step: int | None = None, kind: str | None = None, **kwargs) -> None:
+        """`kind` ("step" or "epoch") is written here only: `accelerator.log(..., log_kwargs={"jsonl": ...})`."""
         if self._handle is None:
             self.start()
-        self._handle.write(json.dumps({"step": step, **values}) + "\n")
+        self._handle.write(json.dumps({"step": step, **({"kind": kind} if kind else {}), **values}) + "\n")
 
     def finish(self) -> None:
         if self._handle is not None:

@@ -41,7 +41,16 @@ def test_ddp_two_processes_equal_one_process(single_run, tmp_path):
     """2 processes x batch 8 x accumulation 2 == 1 process x batch 32: weights within 1e-6, same LR at every step."""
     out = tmp_path / "ddp"
     check(launch([str(SCRIPTS / "equivalence.py"), *TRAIN, "--batch-size", "8", "--grad-accum", "2",
-                  "--output-dir", str(out)]))
+                  "--log-with", "tensorboard", "--output-dir", str(out)]))
+    events = [p for p in (out / "tensorboard").glob("events.out.tfevents.*")]
+    assert len(events) == 1, "one set of logs: the main process's"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(out / "tensorboard"))
+    accumulator.Reload()
+    points = accumulator.Scalars("lr")
+    assert [e.step for e in points] == list(range(1, 21))
+    assert [e.value for e in points] == pytest.approx(_lrs(out), rel=1e-6)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["processes"] == 2 and plan["distributed_type"] == "MULTI_CPU"
     assert plan["threads_per_process"] == max(1, len(os.sched_getaffinity(0)) // 2)

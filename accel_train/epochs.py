@@ -13,6 +13,7 @@ from typing import Any
 
 from accelerate.utils import is_compiled_module
 
+from . import per_class, plots
 from .checkpoint import Checkpointer, Progress, StopRequest
 from .config import TrainConfig
 from .data import TrainBatches
@@ -194,6 +195,8 @@ def _end_epoch(run: Run) -> bool:
               **{f"val/{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"]}
     progress.history.append(record)
     accelerator.log(record, step=progress.step)
+    if accelerator.is_main_process:
+        per_class.write_epoch(run.run_dir, run.task, progress.epoch)  # classes/epoch_NNN.json and .csv
     run.log.write(epoch_line(record, math.ceil(run.steps / run.steps_per_epoch) if run.steps_per_epoch else None))
     run.checkpointer.save(accelerator, progress, name, run.model, run.meter)
     # every process holds the same gathered metrics; the trigger makes the decision one collective fact
@@ -224,6 +227,7 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
         _export_pretrained(accelerator, model, processor, run.run_dir / "model")
     if accelerator.is_main_process:
         write_summary(run.run_dir, summary)
+        plots.at_run_end(run.run_dir, accelerator.print)  # plots/*.png
     accelerator.print(summary_line(summary))
     return summary
 

@@ -12,7 +12,7 @@ from .errors import EXIT_USER_ERROR, UserError, report
 
 USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
        accel-train verify --config JOB.yaml [--launch-config launch_configs/cpu_ddp.yaml] [--steps 8]
-       accel-train diagnose --config JOB.yaml [--overfit-steps 30]
+       accel-train diagnose --config JOB.yaml [--overfit-steps 50]
        accel-train plot|report RUN_DIR [--out PATH]
        accel-train compare RUN_A RUN_B ... [--out DIR]
 
@@ -70,7 +70,7 @@ def compare(argv: list[str]) -> int:
 
 
 def diagnose(argv: list[str]) -> int:
-    from .diagnose import main as diagnose_main
+    from .diagnosis import main as diagnose_main
 
     return diagnose_main(argv)
 

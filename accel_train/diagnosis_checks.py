@@ -3,21 +3,21 @@
 Thresholds (the verdicts' rules, in one place):
     inputs      fail: NaN or inf; warn: a float input beyond +-255 (unnormalised?) or constant
     labels      fail: cross-entropy labels outside [0, outputs) or not integers
-    initial     cross-entropy of an untrained classifier should be near ln C: warn beyond 1.5x (or below 0.5x),
-                fail beyond 2x
+    initial     cross-entropy of an untrained classifier (or language model) should be near ln C: warn beyond
+                1.5x (or below 0.5x), fail beyond 2x
     gradients   per weight tensor: fail: NaN/inf, a norm above 1e3 (exploding) or below 1e-6 of the largest
                 (vanishing); warn: below 1e-4 of the largest, or exactly zero
     parameters  fail: trainable tensors that get no gradient, none trainable, or trainable ones the optimizer
                 lacks; warn: some frozen
     schedule    fail: LR 0 over all of the first steps; warn: the warm-up outlasts the run
-    overfit     ok: one small batch memorised (loss down to 20% of its start, or every sample right); warn: the
-                loss halved; fail: less
+    overfit     ok: one small batch memorised (loss down to 20% of its start, or every sample right); warn: down
+                by 10% or more; fail: less
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ def tensors(value: Any, name: str = "input") -> Iterator[tuple[str, torch.Tensor
     """(name, tensor) of every tensor in a nested batch structure."""
     if isinstance(value, torch.Tensor):
         yield name, value
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             yield from tensors(item, str(key))
     elif isinstance(value, (tuple, list)):
@@ -51,7 +51,7 @@ def tensors(value: Any, name: str = "input") -> Iterator[tuple[str, torch.Tensor
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
     """(inputs, targets) of a batch in any of the three shapes."""
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: v for k, v in batch.items() if k != "labels"}, batch.get("labels")
     return batch[0], batch[1]
 
@@ -99,12 +99,23 @@ def check_labels(targets: Any, logits: Any, loss_fn, dataset_labels: torch.Tenso
     return Finding("labels", "ok", f"{text}; {scope} within the model's {classes} outputs")
 
 
-def check_initial_loss(loss: float, logits: Any, loss_fn) -> Finding:
+def _classes(logits: Any, targets: Any, loss_fn) -> int | None:
+    """C, when the loss is a cross-entropy over C classes: class logits [n, C] with the cross_entropy loss, or
+    logits [..., C] against integer targets [...] (a language model's tokens)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
+        return None
+    if loss_fn is _cross_entropy:
+        return logits.shape[1]
+    integer = isinstance(targets, torch.Tensor) and not targets.is_floating_point()
+    return logits.shape[-1] if loss_fn is None and integer and tuple(targets.shape) == logits.shape[:-1] else None
+
+
+def check_initial_loss(loss: float, logits: Any, targets: Any, loss_fn) -> Finding:
     if not math.isfinite(loss):
         return Finding("initial loss", "fail", f"{loss}: the first loss is not finite")
-    if loss_fn is not _cross_entropy or not isinstance(logits, torch.Tensor) or logits.dim() < 2:
+    classes = _classes(logits, targets, loss_fn)
+    if classes is None:
         return Finding("initial loss", "ok", f"{loss:.4g} (no reference value for this loss)")
-    classes = logits.shape[1]
     expected = math.log(classes)
     ratio = loss / expected
     text = f"{loss:.4g}; an untrained {classes}-class classifier gives about ln {classes} = {expected:.4g}"

@@ -42,14 +42,20 @@ def test_a_healthy_job_passes_and_writes_nothing(tmp_path, monkeypatch, capsys, 
                   "schedule", "overfit"):
         assert f"OK    {check}" in out, (check, out)
     assert out.rstrip().endswith("-> healthy")
+    assert main(["diagnose", "--config", str(REPO / "examples/configs/digits.yaml"), "--overfit-steps", "5",
+                 "--lr", "1e-9", "--job.channels", "8", "--num-threads", "1"]) == 1  # a fault: exit 1, findings shown
+    out = capsys.readouterr().out
+    assert "FAIL  overfit         one batch of 16 for 5 steps" in out and out.rstrip().endswith("-> 1 check(s) failed")
     assert list(tmp_path.iterdir()) == []  # no run folder, nothing else
 
 
 def test_healthy_model_initial_loss_is_near_ln_c(digits):
-    found = diagnose(_net(), digits, config=CFG)
+    found = diagnose(_net(), digits, None, config=CFG, processor=None, options={"any": "thing"})  # what fit takes
     assert found.healthy and set(_verdicts(found).values()) == {"ok"}
     loss = float(found["initial loss"].detail.split(";")[0])
     assert abs(loss - math.log(10)) < 0.2
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        diagnose(_net(), digits, epochs=3)
 
 
 def test_nan_inputs(digits):
@@ -58,6 +64,8 @@ def test_nan_inputs(digits):
     images[:, 0, 0, 0] = float("nan")
     found = diagnose(_net(), TensorDataset(images, labels), config=CFG)
     assert found["inputs"].verdict == "fail" and "NaN/inf" in found["inputs"].detail and not found.healthy
+    found = diagnose(_net(), TensorDataset(digits.tensors[0] * 16 * 255, labels), config=CFG, overfit_steps=1)
+    assert found["inputs"].verdict == "warn" and "normalise the inputs" in found["inputs"].detail
 
 
 def test_labels_beyond_the_output_width(digits):

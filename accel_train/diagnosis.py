@@ -24,6 +24,7 @@ from .data import dataset_labels, make_loader
 from .diagnosis_checks import (Finding, check_gradients, check_initial_loss, check_inputs, check_labels,
     check_outputs, check_parameters, layer_norms)
 from .errors import UserError
+from .launch import set_threads
 from .optim import build_optimizer, build_scheduler, total_steps
 from .task import Task, logits_of
 
@@ -184,6 +185,7 @@ def diagnose(model: torch.nn.Module, train_data: Any, eval_data: Any = None, *, 
     cfg, optimizer = args["config"] or TrainConfig(), args["optimizer"]
     task = (args["task"] or Task(args["loss"], args["metrics"])).for_run(dataset_labels(train_data))
     task.checked = True  # the checks below report what the first-batch check would raise
+    set_threads(cfg.num_threads)  # as fit does: more threads than idle cores busy-wait against each other
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
     loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=args["collate_fn"],
                          seed=cfg.seed)
@@ -226,7 +228,6 @@ def main(argv: list[str]) -> int:
 
     from .config import parse_config
     from .job import Job
-    from .launch import set_threads
 
     parser = argparse.ArgumentParser(prog="accel-train diagnose", add_help=False)
     parser.add_argument("--overfit-steps", "--overfit_steps", type=int, default=50)
@@ -234,7 +235,6 @@ def main(argv: list[str]) -> int:
     if known.overfit_steps < 1:
         raise UserError(f"--overfit-steps must be at least 1 (got {known.overfit_steps}).")
     cfg, job = parse_config(rest, options=Job)
-    set_threads(cfg.num_threads)  # as `train` does: a share of the idle cores
     set_seed(cfg.seed)
     parts = job.build(cfg.seed)
     found = diagnose(parts.model, parts.train_data, parts.eval_data, config=cfg, task=parts.task,

@@ -131,6 +131,22 @@ def test_compare_two_runs(runs, tmp_path, capsys):
                                                                "train/f1", "train/accuracy"]
 
 
+def test_report_of_a_run_without_its_summary_yet(runs, tmp_path):
+    """A run still going (or killed) has no summary.json: the page picks the best epoch from the epoch lines, by
+    the config's --monitor (here none given: the validation loss)."""
+    from accel_train import read_metrics
+    from accel_train.report import render
+    from accel_train.run_view import open_run
+
+    run = runs[0][0][0]
+    going = _copy(run, tmp_path / "going")
+    (going / "summary.json").unlink()
+    page = render(open_run(going, "report"))
+    best = min((r for r in read_metrics(run) if r["kind"] == "epoch"), key=lambda r: r["val/loss"])
+    assert f"Best <b>loss</b> {best['val/loss']:.4g} at epoch {best['epoch']} of 2 (still running, or stopped" in page
+    assert "No summary.json yet." in page and page.count("<img ") == 3
+
+
 @contextlib.contextmanager
 def read_only(folder: Path):
     """`folder` made read-only for real: a permission bit for a user, a read-only tmpfs holding a copy for root."""

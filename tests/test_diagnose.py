@@ -17,6 +17,11 @@ from accel_train.tasks.vision import load_digits_tensors
 CFG = TrainConfig(batch_size=32, lr=3e-3, epochs=2)
 
 
+@pytest.fixture(autouse=True)
+def _threads(one_thread):
+    """diagnose sets torch's threads as fit does; later tests get theirs back."""
+
+
 @pytest.fixture(scope="module")
 def digits():
     images, labels = load_digits_tensors()

@@ -19,7 +19,7 @@ USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
 commands:
   train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
   verify   prove on your job: N processes == 1 process, resumed == uninterrupted, precision in effect
-  diagnose check the job on a few batches before training: data, labels, loss, gradients, LR, overfitting
+  diagnose check the job on one batch before training: data, labels, loss, gradients, LR, overfitting
   plot     PNG curves (and the confusion matrix) of a run folder, into RUN_DIR/plots/
   report   one self-contained HTML page of a run: RUN_DIR/report.html
   compare  several runs' curves on shared axes, and a table of their best and final metrics

@@ -1,4 +1,4 @@
-"""`accel-train diagnose --config JOB.yaml` and `diagnose(...)`: a pre-flight check of a job on a few batches, with
+"""`accel-train diagnose --config JOB.yaml` and `diagnose(...)`: a pre-flight check of a job on one batch, with
 no run folder written and the user's model left untouched (the checks work on copies).
 
     inputs, labels, output vs loss, metrics, initial loss, gradients, parameters, schedule, overfit

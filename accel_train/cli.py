@@ -12,10 +12,17 @@ from .errors import EXIT_USER_ERROR, UserError, report
 
 USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
        accel-train verify --config JOB.yaml [--launch-config launch_configs/cpu_ddp.yaml] [--steps 8]
+       accel-train diagnose --config JOB.yaml [--overfit-steps 50]
+       accel-train plot|report RUN_DIR [--out PATH]
+       accel-train compare RUN_A RUN_B ... [--out DIR]
 
 commands:
   train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
   verify   prove on your job: N processes == 1 process, resumed == uninterrupted, precision in effect
+  diagnose check the job on one batch before training: data, labels, loss, gradients, LR, overfitting
+  plot     PNG curves (and the confusion matrix) of a run folder, into RUN_DIR/plots/
+  report   one self-contained HTML page of a run: RUN_DIR/report.html
+  compare  several runs' curves on shared axes, and a table of their best and final metrics
 
 `accel-train train --help` lists every key. Launch on any device with
   accelerate launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
@@ -44,7 +51,32 @@ def verify(argv: list[str]) -> int:
     return verify_main(argv)
 
 
-COMMANDS = {"train": train, "verify": verify}
+def plot(argv: list[str]) -> int:
+    from .plots import main as plot_main
+
+    return plot_main(argv)
+
+
+def report_run(argv: list[str]) -> int:
+    from .report import main as report_main
+
+    return report_main(argv)
+
+
+def compare(argv: list[str]) -> int:
+    from .compare import main as compare_main
+
+    return compare_main(argv)
+
+
+def diagnose(argv: list[str]) -> int:
+    from .diagnosis import main as diagnose_main
+
+    return diagnose_main(argv)
+
+
+COMMANDS = {"train": train, "verify": verify, "diagnose": diagnose, "plot": plot, "report": report_run,
+            "compare": compare}
 
 
 def entry() -> None:

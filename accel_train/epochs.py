@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from accelerate.utils import is_compiled_module
 
+from . import per_class, plots
 from .checkpoint import Checkpointer, Progress, StopRequest
 from .config import TrainConfig
 from .data import TrainBatches
@@ -216,6 +216,8 @@ def _end_epoch(run: Run) -> bool:
     progress.history.append(record)
     record = {**record, **run.perf.epoch_values(progress.step, run.steps)}
     accelerator.log(record, step=progress.step, log_kwargs=log_kwargs("epoch"))
+    if accelerator.is_main_process:
+        per_class.write_epoch(run.run_dir, run.task, progress.epoch)  # classes/epoch_NNN.json and .csv
     run.log.write(epoch_line(record, math.ceil(run.steps / run.steps_per_epoch) if run.steps_per_epoch else None))
     if line := verdict(record.get("perf/epoch_data_wait"), run.cfg.num_workers):
         run.log.write(line)
@@ -253,6 +255,8 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
             tidy_checkpoints(run.checkpointer.root, run.cfg.keep_checkpoints, progress.best_checkpoint,
                              run.cfg.save_optimizer)
             share_weights(run.run_dir)
+        write_summary(run.run_dir, summary)
+        plots.at_run_end(run.run_dir, accelerator.print)  # plots/*.png
         summary["run_dir_bytes"] = folder_bytes(run.run_dir)
         write_summary(run.run_dir, summary)
     accelerator.print(summary_line(summary))

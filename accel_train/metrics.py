@@ -5,8 +5,9 @@ matrix). Validation feeds them tensors from `gather_for_metrics`, so each sample
 holds the same totals; training feeds them the local batch and adds the processes' totals at the epoch's end.
 `compute()` is the only place that reads values back to the host.
 
-Names: `accuracy` (multiclass from logits, or binary/multi-label from logits of the targets' shape), `f1`,
-`precision`, `recall` (macro over classes, with per-class precision/recall), `mse`, `mae`. A callable
+Names: `accuracy`, `f1`, `precision`, `recall` (macro over classes, with per-class precision/recall), `mse`,
+`mae`. The classification metrics take multiclass, binary, multi-label and soft targets (`accel_train.targets`
+says which is which) and refuse other shapes with one line. A callable
 `fn(predictions, targets) -> scalar tensor` is averaged over batches, weighted by batch size.
 """
 
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from .errors import UserError, closest
+from .meter import Meter, add_up_processes  # noqa: F401  (their home was this module)
+from .targets import as_classes, target_kind
 
 
 class Metric:
@@ -49,11 +52,13 @@ class Metric:
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy for class logits `[n, C]` and integer targets `[n]`; element-wise accuracy of
-    thresholded logits (> 0) for binary or multi-label targets of the logits' own shape."""
+    """Top-1 accuracy for class logits `[n, C]` and integer targets `[n]`; binary logits `[n]`/`[n, 1]` count as
+    class 1 above 0; soft targets (rows of class probabilities) are compared with their most likely class;
+    multi-label 0/1 targets of the logits' shape give element-wise accuracy (see `accel_train.targets`)."""
 
     def __init__(self, name: str = "accuracy"):
         self.name = name
+        self.kind: str | None = None  # decided at the first update (accel_train.targets)
         self.reset()
 
     def reset(self) -> None:
@@ -61,11 +66,14 @@ class Accuracy(Metric):
         self.total = 0  # known on the host from shapes: no device work
 
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        if predictions.dim() == targets.dim() + 1:
-            correct = (predictions.argmax(dim=-1) == targets).sum()
+        if self.kind is None:
+            self.kind = target_kind(predictions, targets, self.name)
+        if self.kind == "multilabel":
+            correct, count = ((predictions > 0) == (targets > 0.5)).sum(), targets.numel()
         else:
-            correct = ((predictions > 0) == (targets > 0.5)).sum()
-        self.total += targets.numel()
+            predicted, true, _ = as_classes(predictions, targets, self.kind)
+            correct, count = (predicted == true).sum(), true.numel()
+        self.total += count
         self.correct = correct if self.correct is None else self.correct.add_(correct)
 
     def state(self) -> list[torch.Tensor]:
@@ -83,29 +91,79 @@ class Accuracy(Metric):
         return {self.name: float(self.correct) / max(self.total, 1)}
 
 
-class ClassReport(Metric):
-    """Macro precision, recall and F1 from a confusion matrix, plus per-class precision and recall.
+class Confusion(Metric):
+    """The confusion matrix `[true class, predicted class]` of single-label classification (multiclass, binary,
+    soft targets), summed on the device; `compute()` gives no numbers, `matrix()` the counts.
 
-    Classes that never occur and are never predicted are left out of the macro averages, as scikit-learn does
-    with `labels` restricted to those present.
-    """
+    With `per_sample=True` (what a `Task` records for the run folder's per-class report) it records only one label
+    per sample, up to `max_classes` classes, and switches itself off otherwise (token labels, multi-label)."""
 
-    def __init__(self, names: Sequence[str] = ("f1", "precision", "recall"), class_names: Sequence[str] | None = None):
-        self.names = tuple(names)
-        self.class_names = list(class_names) if class_names is not None else None
+    name = "confusion"
+    train = False
+
+    def __init__(self, per_sample: bool = False, max_classes: int = 1000):
+        self.kind: str | None = None
+        self.per_sample, self.max_classes = per_sample, max_classes
         self.reset()
 
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        classes = predictions.shape[-1]
-        index = targets.long() * classes + predictions.argmax(dim=-1)
-        self._add(torch.bincount(index.flatten(), minlength=classes * classes).reshape(classes, classes))
+        if self.kind is None:
+            try:
+                self.kind = target_kind(predictions, targets, self.name)
+            except (UserError, AttributeError, TypeError):  # the run folder's recorder never fails a run
+                if not self.per_sample:
+                    raise
+                self.kind = "off"
+        if self.kind in ("multilabel", "off"):
+            return
+        predicted, true, classes = as_classes(predictions, targets, self.kind)
+        if self.per_sample and (true.numel() != len(targets) or classes > self.max_classes):
+            self.kind = "off"
+            return
+        valid = (true >= 0) & (true < classes)  # ignored positions (-100) count nowhere; no host sync
+        index = torch.where(valid, true * classes + predicted, classes * classes)
+        self._add(torch.bincount(index, minlength=classes * classes + 1)[:-1].reshape(classes, classes))
+
+    def matrix(self) -> torch.Tensor | None:
+        """Counts `[true, predicted]` on the CPU, or None before any single-label batch."""
+        return None if self._state is None or len(self._state) != 1 else self._state[0].cpu()
+
+    def compute(self) -> dict[str, float]:
+        return {}
+
+
+class ClassReport(Confusion):
+    """Macro precision, recall and F1 from a confusion matrix (per-label counts for multi-label targets), plus
+    per-class precision and recall.
+
+    Classes that never occur and are never predicted are left out of the macro averages, as scikit-learn does
+    with `labels` restricted to those present. Binary logits are two classes (0 and 1), averaged the same way.
+    """
+
+    train = True
+
+    def __init__(self, names: Sequence[str] = ("f1", "precision", "recall"), class_names: Sequence[str] | None = None):
+        self.names = tuple(names)
+        self.name = "/".join(self.names)
+        self.class_names = list(class_names) if class_names is not None else None
+        super().__init__()
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.kind is None:
+            self.kind = target_kind(predictions, targets, self.name)
+        if self.kind != "multilabel":
+            return super().update(predictions, targets)
+        hit, truth = predictions > 0, targets > 0.5
+        self._add((hit & truth).sum(0), hit.sum(0), truth.sum(0))  # per label: true positives, predicted, actual
 
     def compute(self) -> dict[str, float]:
         if self._state is None:
             return {}
-        confusion = self._state[0].double().cpu()
-        true_pos = confusion.diag()
-        predicted, actual = confusion.sum(0), confusion.sum(1)
+        if len(self._state) == 1:
+            confusion = self._state[0].double().cpu()
+            true_pos, predicted, actual = confusion.diag(), confusion.sum(0), confusion.sum(1)
+        else:
+            true_pos, predicted, actual = (s.double().cpu() for s in self._state)
         precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
         recall = torch.where(actual > 0, true_pos / actual.clamp(min=1), torch.zeros_like(true_pos))
         f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
@@ -213,84 +271,3 @@ class MetricSet:
         for metric in self.metrics:
             out.update(metric.compute())
         return out
-
-
-class Meter:
-    """Training loss, loss units, samples and metrics of one epoch, summed on the device; read at log time."""
-
-    def __init__(self, accelerator, metrics: MetricSet):
-        self.accelerator, self.metrics = accelerator, metrics
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)
-        self.units: torch.Tensor | int = 0
-        self.samples = 0
-        self.logged = (0.0, 0.0)  # (loss, units) over all processes at the last interval_loss()
-        self.metrics.reset()
-
-    def update(self, out, loss: torch.Tensor, count, valid: int | None) -> None:
-        self.loss.add_(loss.detach())
-        self.units = self.units + count
-        self.samples += len(out.losses) if valid is None else valid
-        if self.metrics.metrics:  # detached: the metric arithmetic records no graph
-            self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
-
-    def totals(self) -> list[float]:
-        """(loss, units, samples) summed over processes: one host read."""
-        totals = torch.stack([self.loss, torch.as_tensor(self.units, device=self.loss.device).double(),
-                              torch.tensor(float(self.samples), device=self.loss.device, dtype=torch.float64)])
-        if self.accelerator.num_processes > 1:
-            totals = self.accelerator.reduce(totals, reduction="sum")
-        return totals.tolist()
-
-    def interval_loss(self, totals: list[float] | None = None) -> float:
-        """Mean loss per unit since the previous call, over all processes (from `totals()`, when given)."""
-        loss, units, _ = totals or self.totals()
-        (last_loss, last_units), self.logged = self.logged, (loss, units)
-        return (loss - last_loss) / max(units - last_units, 1.0)
-
-    def compute(self) -> tuple[dict[str, float], int]:
-        """The epoch's loss and metrics, and its sample count, over all processes."""
-        loss, units, samples = self.totals()
-        self.metrics.reduce(self.accelerator)
-        return {"loss": loss / max(units, 1.0), **self.metrics.compute()}, int(samples)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """This process's sums, to resume an epoch where it stopped."""
-        state = {"loss": self.loss, "units": torch.as_tensor(self.units, dtype=torch.float64),
-                 "units_on_host": torch.tensor(not isinstance(self.units, torch.Tensor)),
-                 "samples": torch.tensor(self.samples), "logged": torch.tensor(self.logged, dtype=torch.float64)}
-        for i, metric in enumerate(self.metrics.metrics):
-            for j, tensor in enumerate(metric.state()):
-                state[f"metric{i}.{j}"] = tensor
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        device = self.loss.device
-        self.loss = state["loss"].to(device)
-        self.units = int(state["units"]) if bool(state["units_on_host"]) else state["units"].to(device)
-        self.samples, self.logged = int(state["samples"]), tuple(state["logged"].tolist())
-        for i, metric in enumerate(self.metrics.metrics):
-            parts = [state[k].to(device) for k in sorted((k for k in state if k.startswith(f"metric{i}.")),
-                                                         key=lambda k: int(k.split(".")[1]))]
-            if parts:
-                metric.load_state(parts)
-
-
-def add_up_processes(metrics: MetricSet, *totals: torch.Tensor | float) -> list:
-    """Add `totals` and the metrics' state over all processes, including processes that saw no batch (and so
-    hold no metric state): one object gather, for evaluation on shards of different sizes."""
-    from accelerate.utils import gather_object
-
-    mine = [[torch.as_tensor(t).detach().cpu() for t in totals],
-            [[s.detach().cpu() for s in metric.state()] for metric in metrics.metrics]]
-    parts = gather_object([mine])
-    summed = [sum(part[0][i] for part in parts) for i in range(len(totals))]
-    for i, metric in enumerate(metrics.metrics):
-        states = [part[1][i] for part in parts if part[1][i]]
-        if states:
-            device = next((s.device for s in metric.state()), "cpu")
-            metric.load_state([sum(column).to(device) for column in zip(*states)])
-    return [s.to(t.device) if isinstance(t, torch.Tensor) else type(t)(s) for s, t in zip(summed, totals)]
-

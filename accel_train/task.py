@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError, closest
-from .metrics import MetricSet
+from .metrics import Confusion, MetricSet
 
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,10 @@ class Task:
             `fn(output, targets)` returning a scalar or one value per sample, or None to use the model's own
             `output.loss` for dict batches.
         metrics: names, callables or `Metric` objects (see `accel_train.metrics`).
-        class_names: names for per-class metrics.
+        class_names: names for per-class metrics and the run folder's per-class report.
+
+    A cross-entropy task also records validation's confusion matrix (`task.confusion`, from the same gathered
+    predictions as the metrics) for the run folder's per-class report.
     """
 
     def __init__(self, loss: str | Callable | None = "cross_entropy", metrics: Any = ("accuracy",),
@@ -122,6 +125,7 @@ class Task:
         self.loss_fn = loss
         self.metric_specs = metrics
         self.class_names = class_names
+        self.confusion = Confusion(per_sample=True) if loss is _cross_entropy else None
         self.dataset_labels: torch.Tensor | None = None  # all training labels, when readable: checked at step 1
         self.checked = False  # the first batch has been checked
 
@@ -130,11 +134,17 @@ class Task:
         readable); `fit` trains with it and leaves the task it was given untouched."""
         task = copy.copy(self)
         task.dataset_labels, task.checked = dataset_labels, False
+        task.confusion = None if self.confusion is None else Confusion(per_sample=True)
         return task
 
     def make_metrics(self, split: str = "eval") -> MetricSet:
-        """Fresh metrics for `split` ("train" leaves out metrics marked `train = False`)."""
-        return MetricSet(self.metric_specs, self.class_names, split=split)
+        """Fresh metrics for `split` ("train" leaves out metrics marked `train = False`); validation's also feed
+        `self.confusion`."""
+        metrics = MetricSet(self.metric_specs, self.class_names, split=split)
+        if split != "train" and self.confusion is not None:
+            self.confusion.reset()
+            metrics.metrics.append(self.confusion)
+        return metrics
 
     def forward(self, model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
         """Call the model on the batch's inputs; return (model output, targets)."""

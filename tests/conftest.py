@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The suite's ~90 training runs would each draw their PNGs at the end (~0.5 s a run); tests/test_artifacts.py turns
+# them on where it checks them.
+os.environ.setdefault("ACCEL_TRAIN_PLOTS", "0")
 
 
 @pytest.fixture(autouse=True)

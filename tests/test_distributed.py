@@ -95,6 +95,8 @@ def test_eval_counts_every_digit_once_under_ddp(tmp_path):
     assert single["samples"] == ddp["samples"] == 1797
     for key in ("accuracy", "f1", "loss"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-9, abs=1e-12), key
+    # the per-class report's confusion matrix: the same gathered predictions, each digit counted once
+    assert ddp["confusion"] == single["confusion"] and sum(map(sum, ddp["confusion"])) == 1797
     assert 0.0 < single["accuracy"] < 1.0
 
 
@@ -106,6 +108,8 @@ def test_readme_script_under_cpu_ddp(tmp_path):
     summary = read_summary(runs[0])
     assert summary["processes"] == 2 and summary["final_val"]["samples"] == 297
     assert summary["best_metric"] >= 0.85
+    classes = json.loads((runs[0] / "classes" / "epoch_008.json").read_text())
+    assert classes["samples"] == sum(map(sum, classes["confusion"])) == 297  # every validation digit once
     assert proc.stdout.count("done:") == 1, "only the main process prints"
 
 

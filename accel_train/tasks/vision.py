@@ -69,7 +69,7 @@ class Digits(Job):
     def build(self, seed: int) -> Parts:
         train_data, eval_data = digits_splits(self.val_fraction, seed)
         model = DigitsCNN(self.channels, batch_norm=self.batch_norm, dropout=self.dropout)
-        return Parts(model, train_data, eval_data, task=Task("cross_entropy", ["accuracy"]))
+        return Parts(model, train_data, eval_data, task=Task("cross_entropy", ["accuracy"], class_names=DIGIT_NAMES))
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------------------------------------
@@ -113,4 +113,4 @@ class Cifar10(Job):
 
     def build(self, seed: int) -> Parts:
         train, test = cifar10_splits(self.root, self.download, self.augment)
-        return Parts(resnet18_cifar(10), train, test, task=Task("cross_entropy", ["accuracy"]))
+        return Parts(resnet18_cifar(10), train, test, task=Task("cross_entropy", ["accuracy"], class_names=train.classes))

@@ -20,9 +20,11 @@ if __name__ == "__main__":
     accelerator, _ = make_accelerator(TrainConfig())
     loader = make_loader(TensorDataset(images, labels), batch_size=batch_size, shuffle=False)
     model, loader = accelerator.prepare(model, loader)
-    result = evaluate(accelerator, model, Task("cross_entropy", ["accuracy", "f1"]), loader)
+    task = Task("cross_entropy", ["accuracy", "f1"])
+    result = evaluate(accelerator, model, task, loader)
     if accelerator.is_main_process:
         with open(out, "w") as handle:
-            json.dump({**result, "processes": accelerator.num_processes}, handle)
+            json.dump({**result, "processes": accelerator.num_processes,
+                       "confusion": task.confusion.matrix().tolist()}, handle)
     shutdown(accelerator)
     leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

@@ -227,6 +227,11 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     argv = _snake_flags(list(sys.argv[1:] if argv is None else argv))
     if defaults is not None:
         argv = ["--config", defaults, *argv]
+    if "-h" in argv or "--help" in argv:
+        from .flags import job_for_help, render_help
+
+        print(render_help(*job_for_help(argv, options)))
+        raise SystemExit(0)
     parser = build_parser(options)
     try:
         built = parser.instantiate(parser.parse_args(argv))

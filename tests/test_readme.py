@@ -16,9 +16,34 @@ def test_readme_script_is_the_example_file():
     assert block.strip() == (REPO / "examples" / "train.py").read_text().split('"""', 2)[2].strip()
 
 
-def test_readme_names_every_flag_launch_config_and_example():
+def test_the_flag_reference_is_generated_from_the_field_comments_and_names_every_flag():
+    from accel_train.flags import job_classes, reference
+
+    page = (REPO / "examples" / "configs" / "README.md").read_text()
+    assert page == reference(), "regenerate: python -m accel_train.flags > examples/configs/README.md"
     for field in dataclasses.fields(TrainConfig):
-        assert f"--{field.name.replace('_', '-')}" in README, field.name
+        assert f"| `--{field.name.replace('_', '-')}` |" in page, field.name
+    assert "](examples/configs/README.md)" in README
+    jobs = {f"{job.__module__}.{job.__qualname__}" for job in job_classes()}
+    assert {"accel_train.tasks.vision.Digits", "accel_train.tasks.text.TextClassification"} <= jobs
+
+
+def test_help_shows_every_flag_dash_spelled_with_its_meaning_and_the_jobs_options(capsys):
+    import pytest
+
+    from accel_train.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--config", str(REPO / "examples/configs/digits.yaml"), "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith("usage: accel-train train [--config JOB.yaml]")
+    for field in dataclasses.fields(TrainConfig):
+        assert f"  --{field.name.replace('_', '-')} " in out, field.name
+    assert "  --batch-size                per device; effective batch = batch_size x processes x grad_accum " in out
+    assert "job options (Digits):" in out and "  --job.channels              width of the first conv block" in out
+
+
+def test_readme_names_every_launch_config_and_example():
     for config in (REPO / "launch_configs").glob("*.yaml"):
         assert f"launch_configs/{config.name}" in README, config.name
     for example in (REPO / "examples").glob("*.py"):

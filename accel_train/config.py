@@ -230,7 +230,7 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     if "-h" in argv or "--help" in argv:
         from .flags import job_for_help, render_help
 
-        print(render_help(*job_for_help(argv, options)))
+        print(render_help(TrainConfig, *job_for_help(argv, options)))
         raise SystemExit(0)
     parser = build_parser(options)
     try:
@@ -251,3 +251,9 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
     if _is_job(options):
         return cfg, built["job"]
     return cfg, options(**{f.name: built[f.name] for f in dataclasses.fields(options)})
+
+
+if __name__ == "__main__":  # python -m accel_train.config > examples/configs/README.md
+    from .flags import reference
+
+    print(reference(TrainConfig), end="")

@@ -1,7 +1,9 @@
 """The flag reference, generated from its one source: the trailing comment of each field of `TrainConfig` and of
 each job class. It feeds `accel-train train --help` and examples/configs/README.md:
 
-    python -m accel_train.flags > examples/configs/README.md      # tests/test_readme.py checks it is current
+    python -m accel_train.config > examples/configs/README.md      # tests/test_readme.py checks it is current
+
+The config class is passed in (config.py imports this module, not the other way round).
 """
 
 from __future__ import annotations
@@ -78,16 +80,15 @@ def sections(cls: type, prefix: str = "--") -> list[tuple[str, list[Flag]]]:
     return result
 
 
-def render_help(job: type | None = None, note: str | None = None, usage: str = USAGE) -> str:
+def render_help(config: type, job: type | None = None, note: str | None = None, usage: str = USAGE) -> str:
     """`accel-train train --help`: every flag with its meaning and default, the job's own options included (a Job
     class as `--job.*`, a script's plain dataclass of options as top-level flags)."""
-    from .config import TrainConfig
     from .job import Job
 
     lines = [usage, "", "Train the job a YAML file describes (--config). Every key of the file is also a flag;",
              "flags override the file. --batch-size and --batch_size both work.", "",
              "  --config JOB.yaml           a job file (see examples/configs/README.md for every key)"]
-    groups = sections(TrainConfig)
+    groups = sections(config)
     if job is not None:
         prefix = "--job." if issubclass(job, Job) else "--"
         flags = [flag for _, group in sections(job, prefix) for flag in group]
@@ -127,17 +128,15 @@ def _table(flags: list[Flag]) -> list[str]:
     return rows + [f"| `{f.name}` | `{f.default}` | {f.help.replace('|', '/')} |" for f in flags]
 
 
-def reference() -> str:
+def reference(config: type) -> str:
     """examples/configs/README.md: every key a job file or the command line accepts."""
-    from .config import TrainConfig
-
     out = ["# Every key of a job file", "",
            "Generated from the field comments of `accel_train.config.TrainConfig` and of each job class by",
-           "`python -m accel_train.flags > examples/configs/README.md`. In a job file a key is written",
+           "`python -m accel_train.config > examples/configs/README.md`. In a job file a key is written",
            "`batch_size: 32`; on the command line `--batch-size 32`. Job options go under `job:` in the file",
            "(`job: {class_path: accel_train.tasks.vision.Digits, init_args: {channels: 16}}`) and are",
            "`--job.channels 16` on the command line.", ""]
-    for title, flags in sections(TrainConfig):
+    for title, flags in sections(config):
         out += [f"## {title}", "", *_table(flags), ""]
     for job in job_classes():
         doc = (job.__doc__ or "").strip().splitlines()[0] if job.__doc__ else ""
@@ -169,6 +168,3 @@ def job_for_help(argv: list[str], options: type | None) -> tuple[type | None, st
         return None, "Give --config JOB.yaml with --help to list that job's options (--job.*)."
     return options, None
 
-
-if __name__ == "__main__":
-    print(reference(), end="")

@@ -77,10 +77,15 @@ class EMA(NoEMA):
         """The decay of update `update` (0 is the first, which copies)."""
         return min(self.decay, (1 + update) / (10 + update)) if self.warmup else self.decay
 
-    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count) -> None:
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], count) -> None:
+        """One update of tensors of one device and dtype."""
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-        get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, _count)
+        if averaged[0].is_floating_point():
+            get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, count)
+        else:  # counters (batch norm's num_batches_tracked): the model's own, not an average
+            for mine, theirs in zip(averaged, current):
+                mine.copy_(theirs)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.averaged.update_parameters(self._model)

@@ -5,15 +5,16 @@ run folder is made) and returns the run's task, its EMA and the plan's lines.
 
 Class weights keep the loss torch's weighted mean: each sample's loss is weighted and counts as its weight in loss
 units (`task.CrossEntropy`), and the loop divides a window's summed losses by its units over all processes.
-Mixup and CutMix are torchvision's `transforms.v2.MixUp`/`CutMix`, applied to training batches only (validation
-and the LR finder's model in eval mode see the data as it is); the loss takes the mixed class probabilities, and
-training accuracy counts a mixed image as right when the model picks its dominant label.
+Mixup and CutMix are torchvision's `transforms.v2.MixUp`/`CutMix`, applied to training batches only (the model in
+train mode, as in the loop and the LR finder; validation sees the data as it is); the loss takes the mixed class
+probabilities, and training accuracy counts a mixed image as right when the model picks its dominant label.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -149,13 +150,14 @@ def for_run(cfg: TrainConfig, task: Task, model: torch.nn.Module, optimizer=None
 
         layer_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)  # refuses a model without layers
         lines.append(describe(model, cfg.layer_lr_decay))
-    if mix is not None and (cfg.mixup_alpha or cfg.cutmix_alpha):
+    mixing = cfg.mixup_alpha or cfg.cutmix_alpha
+    if mix is not None and mixing:
         raise UserError("give the mixing once: fit(mix=...) or --mixup-alpha/--cutmix-alpha, not both.")
+    if (mix is not None or mixing) and not isinstance(task.loss_fn, CrossEntropy):
+        raise UserError("mixup and CutMix need the cross_entropy loss (it takes the mixed class probabilities); "
+                        "this task's loss is another one.")
     mix = mix or build_mix(cfg, classes)
     if mix is not None:
-        if not isinstance(task.loss_fn, CrossEntropy):
-            raise UserError("mixup and CutMix need the cross_entropy loss (it takes the mixed class "
-                            "probabilities); this task's loss is another one.")
         lines.append(_describe_mix(cfg) + "; train accuracy against each mixed image's dominant label")
         task = MixingTask(task, mix)
     return Recipes(task, _ema(cfg, ema, lines), lines)

@@ -220,6 +220,9 @@ def main(argv: list[str]) -> int:
                             type=float if option.type in ("float", float) else int if option.type in ("int", int)
                             else str)
     own, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print("accel-train lr-find: " + ", ".join(f"--{f.name.replace('_', '-')} (default {f.default})"
+                                                  for f in dataclasses.fields(FinderOptions)) + "; and the job's keys:")
     cfg, job = parse_config(rest, options=Job)
     set_seed(cfg.seed)  # the model's initial weights, as `accel-train train` makes them
     parts = job.build(cfg.seed)

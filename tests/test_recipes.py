@@ -203,3 +203,25 @@ def test_recipes_refuse_where_they_cannot_apply():
     text = MixingTask(Task().for_run(), build_mix(TrainConfig(mixup_alpha=0.2), 2))
     with pytest.raises(UserError, match=r"^mixup and CutMix mix image batches"):
         text(nn.Linear(3, 2).train(), {"input_ids": torch.ones(2, 3), "labels": torch.tensor([0, 1])})
+
+
+def test_mixup_and_cutmix_resume_exactly(tmp_path):
+    """Their random draws come from the RNG the checkpoint saves: stopped after step 5 and resumed, every logged loss
+    and the final weights are the uninterrupted run's, bitwise."""
+    def run(out, **extra):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+        generator = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.rand(48, 1, 8, 8, generator=generator), torch.randint(0, 10, (48,), generator=generator))
+        cfg = TrainConfig(batch_size=8, epochs=2, mixup_alpha=0.4, cutmix_alpha=1.0, mix_prob=0.7, log_every=1,
+                          output_dir=str(out), **QUIET, **extra)
+        return fit(model, data, config=cfg)
+
+    run(tmp_path / "full")
+    assert run(tmp_path / "parts", stop_at_step=5)["stopped"]
+    run(tmp_path / "parts", resume="auto")
+    losses = [[row["train/loss"] for row in read_metrics(tmp_path / name) if row["kind"] == "step"]
+              for name in ("full", "parts")]
+    assert len(losses[0]) == 12 and losses[0] == losses[1]
+    full, parts = (load_file(tmp_path / name / "model.safetensors") for name in ("full", "parts"))
+    assert all(torch.equal(full[k], parts[k]) for k in full)

@@ -1,5 +1,5 @@
 """Recipes under DDP: three full-batch steps (one window is the epoch) of class-weighted, smoothed cross-entropy over
-a padded last batch, with an EMA, then the LR finder; each process writes what it holds, for
+a padded last batch, with an EMA and warm restarts every 2 optimizer steps, then the LR finder; each process writes what it holds, for
 tests/test_recipes_distributed.py to compare.
 
     accelerate launch --config_file launch_configs/cpu_ddp.yaml tests/scripts/recipes_ddp.py OUT DIGITS.pt
@@ -35,8 +35,8 @@ def model() -> nn.Module:
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     cfg = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, batch_size=4, grad_accum=2, max_steps=3,
-                      class_weights="1,2,4", label_smoothing=0.1, num_threads=1, progress=False,
-                      output_dir=str(out / "run"))
+                      class_weights="1,2,4", label_smoothing=0.1, scheduler="cosine_restarts", restart_every=2,
+                      min_lr=0.2, num_threads=1, progress=False, log_every=1, output_dir=str(out / "run"))
     ema = EMA(0.5)
     # fit leaves the process group at its end; here the finder runs in the same one after it (one launch, not two)
     sys.modules["accel_train.fit"].shutdown = lambda accelerator: [tracker.finish() for tracker in accelerator.trackers]

@@ -107,6 +107,10 @@ def lr_find(model: torch.nn.Module, train_data: Any, *, config: TrainConfig | No
     if not 0 < start_lr < end_lr or num_steps < 10:
         raise UserError(f"the LR finder needs 0 < start_lr < end_lr and num_steps >= 10 (got {start_lr}, {end_lr}, "
                         f"{num_steps}).")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("the LR finder draws its curve with matplotlib: pip install matplotlib (or accel_train[report]).")
     folder = Path(out) if out is not None else Path("runs") / f"{cfg.name}-lr-find"
     set_threads(cfg.num_threads)
     accelerator, _ = make_accelerator(cfg)
@@ -213,13 +217,14 @@ def main(argv: list[str]) -> int:
     from .config import parse_config
     from .job import Job
 
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for option in dataclasses.fields(FinderOptions):
-        dashed = option.name.replace("_", "-")
-        parser.add_argument(f"--{dashed}", f"--{option.name}", dest=option.name, default=option.default,
-                            type=float if option.type in ("float", float) else int if option.type in ("int", int)
-                            else str)
-    own, rest = parser.parse_known_args(argv)
+        parser.add_argument(f"--{option.name.replace('_', '-')}", f"--{option.name}", dest=option.name,
+                            default=option.default, type=str if option.default is None else type(option.default))
+    try:
+        own, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise UserError(f"lr-find: {error}") from None
     if "-h" in rest or "--help" in rest:
         print("accel-train lr-find: " + ", ".join(f"--{f.name.replace('_', '-')} (default {f.default})"
                                                   for f in dataclasses.fields(FinderOptions)) + "; and the job's keys:")

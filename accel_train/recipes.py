@@ -63,7 +63,10 @@ def build_mix(cfg: TrainConfig, classes: int | None):
         return None
     if classes is None:
         raise UserError("mixup and CutMix need the number of classes: give the model a `num_classes` attribute.")
-    from torchvision.transforms import v2
+    try:
+        from torchvision.transforms import v2
+    except ImportError:
+        raise UserError("mixup and CutMix are torchvision's: pip install torchvision.") from None
 
     mixes = ([v2.MixUp(alpha=cfg.mixup_alpha, num_classes=classes)] if cfg.mixup_alpha else []) + (
         [v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=classes)] if cfg.cutmix_alpha else [])

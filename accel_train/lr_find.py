@@ -110,7 +110,7 @@ def lr_find(model: torch.nn.Module, train_data: Any, *, config: TrainConfig | No
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("the LR finder draws its curve with matplotlib: pip install matplotlib (or accel_train[report]).")
+        raise UserError("the LR finder draws its curve with matplotlib: pip install matplotlib, or accel_train[report].")
     folder = Path(out) if out is not None else Path("runs") / f"{cfg.name}-lr-find"
     set_threads(cfg.num_threads)
     accelerator, _ = make_accelerator(cfg)

@@ -4,8 +4,8 @@ torch's `AveragedModel` with `get_ema_multi_avg_fn` keeps the average on the mod
 buffers (batch-norm statistics) alike. It is updated once per optimizer step by a post-step hook on the torch
 optimizer, which runs only when the optimizer really steps: not inside an accumulation window, not for a step
 skipped for a non-finite loss, not when fp16's grad scaler skips one (a fused optimizer that skips a non-finite
-update on the device still counts it, an update towards unchanged weights). Every process updates its own copy from the
-same all-reduced weights, so the copies agree under DDP; the main process saves it in each checkpoint
+update on the device still counts it: an update towards unchanged weights). Every process updates its own copy
+from the same all-reduced weights, so the copies agree under DDP; the main process saves it in each checkpoint
 (`register_for_checkpointing`) and every process loads it back on resume. As in torch, the first update copies
 the weights; update n then keeps `decay` of the average (with `warmup`: `min(decay, (1 + n) / (10 + n))`).
 

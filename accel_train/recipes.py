@@ -12,8 +12,8 @@ probabilities, and training accuracy counts a mixed image as right when the mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch

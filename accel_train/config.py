@@ -54,7 +54,7 @@ class TrainConfig:
 
     # -- learning-rate schedule, counted in optimizer steps ---------------------------------------------------------
     scheduler: Schedule = "constant"
-    warmup_steps: int = 0  # linear warm-up from 0 (linear_warmup, cosine_warmup)
+    warmup_steps: int = 0  # linear warm-up from 0 (linear_warmup, cosine_warmup, wsd)
     step_size: int = 100  # step: multiply by gamma every step_size steps
     milestones: list[int] = field(default_factory=list)  # multistep: multiply by gamma at these steps
     gamma: float = 0.1  # step, multistep, exponential (per step), plateau (factor)

@@ -15,6 +15,7 @@ USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
        accel-train diagnose --config JOB.yaml [--overfit-steps 50]
        accel-train plot|report RUN_DIR [--out PATH]
        accel-train compare RUN_A RUN_B ... [--out DIR]
+       accel-train lr-find --config JOB.yaml [--start-lr 1e-7 --end-lr 10 --num-steps 200 --out DIR]
 
 commands:
   train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
@@ -23,6 +24,7 @@ commands:
   plot     PNG curves (and the confusion matrix) of a run folder, into RUN_DIR/plots/
   report   one self-contained HTML page of a run: RUN_DIR/report.html
   compare  several runs' curves on shared axes, and a table of their best and final metrics
+  lr-find  sweep the LR exponentially on your job: the loss curve (PNG) and a suggested LR; no run folder
 
 `accel-train train --help` lists every key. Launch on any device with
   accelerate launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
@@ -75,8 +77,14 @@ def diagnose(argv: list[str]) -> int:
     return diagnose_main(argv)
 
 
+def lr_find(argv: list[str]) -> int:
+    from .lr_find import main as lr_find_main
+
+    return lr_find_main(argv)
+
+
 COMMANDS = {"train": train, "verify": verify, "diagnose": diagnose, "plot": plot, "report": report_run,
-            "compare": compare}
+            "compare": compare, "lr-find": lr_find}
 
 
 def entry() -> None:

@@ -18,7 +18,8 @@ from .quiet import quiet_libraries
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal[
-    "constant", "step", "multistep", "exponential", "cosine", "plateau", "linear_warmup", "cosine_warmup"
+    "constant", "step", "multistep", "exponential", "cosine", "plateau", "linear_warmup", "cosine_warmup",
+    "cosine_restarts", "wsd"
 ]
 Precision = Literal["no", "fp16", "bf16"]
 
@@ -53,12 +54,26 @@ class TrainConfig:
 
     # -- learning-rate schedule, counted in optimizer steps ---------------------------------------------------------
     scheduler: Schedule = "constant"
-    warmup_steps: int = 0  # linear warm-up from 0 (linear_warmup, cosine_warmup)
+    warmup_steps: int = 0  # linear warm-up from 0 (linear_warmup, cosine_warmup, wsd)
     step_size: int = 100  # step: multiply by gamma every step_size steps
     milestones: list[int] = field(default_factory=list)  # multistep: multiply by gamma at these steps
     gamma: float = 0.1  # step, multistep, exponential (per step), plateau (factor)
     min_lr: float = 0.0  # floor of cosine, cosine_warmup and plateau
     plateau_patience: int = 2  # plateau: epochs without improvement of `monitor` before the LR drops
+    restart_every: int | None = None  # cosine_restarts: optimizer steps of the first cosine cycle (required)
+    restart_mult: int = 1  # cosine_restarts: each cycle this many times as long as the one before
+    decay_steps: int | None = None  # wsd: the final steps, decaying linearly to min_lr; default a tenth of the run
+
+    # -- recipes (accel_train.recipes, accel_train.ema): all off by default ------------------------------------------
+    ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay (0.999)
+    ema_warmup: bool = False  # EMA decay min(ema_decay, (1 + n) / (10 + n)) at update n: early weights fade fast
+    eval_ema: bool = False  # validate, pick the best and export with the EMA weights
+    label_smoothing: float = 0.0  # cross_entropy: share of each target spread evenly over all classes
+    class_weights: str | list[float] | None = None  # cross_entropy: `auto` (inverse label frequency) or w0,w1,...
+    mixup_alpha: float = 0.0  # images: MixUp of training batches, mixing weight ~ Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0  # images: CutMix of training batches, box share ~ Beta(alpha, alpha); 0: off
+    mix_prob: float = 1.0  # share of training batches mixed (with mixup and cutmix both on, one of them at random)
+    layer_lr_decay: float | None = None  # transformers: each lower layer's LR times this (embeddings lowest)
 
     # -- gradient clipping (applied once per optimizer step) -------------------------------------------------------
     max_grad_norm: float | None = None  # clip the global gradient norm to this
@@ -124,6 +139,27 @@ class TrainConfig:
             raise UserError("num_workers and warmup_steps cannot be negative.")
         if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserError(f"mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r}).")
+        self._check_recipes()
+
+    def _check_recipes(self) -> None:
+        """The recipes' ranges; whether a recipe applies to the model and task is checked in accel_train.recipes."""
+        ranges = {"ema_decay": (0.0, 1.0), "layer_lr_decay": (0.0, 1.0), "label_smoothing": (0.0, 1.0),
+                  "mix_prob": (0.0, 1.0)}
+        for key, (low, high) in ranges.items():
+            value = getattr(self, key)
+            if value is not None and not low <= value <= high:
+                raise UserError(f"{key} must lie in [{low}, {high}] (got {value}). Set --{key.replace('_', '-')}.")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise UserError("mixup_alpha and cutmix_alpha cannot be negative (0 turns them off).")
+        for key in ("restart_every", "decay_steps", "restart_mult"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1 (got {getattr(self, key)}).")
+        if self.scheduler == "cosine_restarts" and self.restart_every is None:
+            raise UserError("--scheduler cosine_restarts needs --restart-every N: the optimizer steps of its first "
+                            "cycle (--restart-mult M makes each cycle M times longer).")
+        if self.scheduler == "cosine_restarts" and self.warmup_steps:
+            raise UserError("--scheduler cosine_restarts has no warm-up: drop --warmup-steps, or use wsd or "
+                            "cosine_warmup.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -126,6 +126,8 @@ def dataset_labels(data: Any) -> torch.Tensor | None:
         labels = data.tensors[-1]
         return labels if not labels.is_floating_point() else None
     targets = getattr(data, "targets", None)
+    if _is_hf_dataset(data) and hasattr(data, "__len__") and "labels" in (getattr(data, "column_names", None) or ()):
+        targets = data["labels"]  # a map-style datasets.Dataset: one column, read from Arrow
     if targets is not None and not isinstance(targets, str):
         try:
             labels = torch.as_tensor(targets)

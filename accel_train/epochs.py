@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from . import per_class, plots
 from .checkpoint import Checkpointer, Progress, StopRequest
 from .config import TrainConfig
 from .data import TrainBatches
+from .ema import NoEMA
 from .errors import UserError
 from .gradients import GradientWindow
 from .logs import StepLog, epoch_line, summary_line
@@ -93,6 +94,7 @@ class Run:
     compute_dtype: ComputeDtype
     precision: str  # the precision in effect, as the plan says it
     device: str
+    ema: NoEMA = field(default_factory=NoEMA)  # the EMA of the weights; `ema.for_eval` picks the model to validate
 
 
 def train_epochs(run: Run) -> str | None:
@@ -205,7 +207,7 @@ def _end_epoch(run: Run) -> bool:
     progress, accelerator = run.progress, run.accelerator
     _settle(run)
     train, samples = run.meter.compute()
-    val = evaluate(accelerator, run.model, run.task, run.eval_loader)
+    val = evaluate(accelerator, run.ema.for_eval(run.model), run.task, run.eval_loader)
     progress.samples += samples
     progress.epoch += 1
     progress.batch_in_epoch = 0
@@ -245,7 +247,7 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
         if accelerator.is_main_process:
             unshare_weights(run.run_dir)
         accelerator.wait_for_everyone()
-        model = run.model
+        model = run.ema.for_eval(run.model)  # --eval-ema: the averaged weights are the model
         if is_compiled_module(model):  # export the model's own names, not torch.compile's `_orig_mod.` ones
             model = accelerator.unwrap_model(model, keep_torch_compile=False)
         accelerator.save_model(model, str(run.run_dir), safe_serialization=True)

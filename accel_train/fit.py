@@ -30,6 +30,7 @@ from .logs import StepLog
 from .metrics import Meter
 from .monitor import Performance
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
+from .recipes import EMA, for_run
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
 from .task import Task
 
@@ -47,7 +48,7 @@ def fit(
     scheduler: Any = None,
     collate_fn: Callable | None = None,
     processor: Any = None,
-    options: Any = None,
+    options: Any = None, ema: EMA | None = None, mix: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `train_data`, validating on `eval_data` after every epoch.
 
@@ -63,8 +64,8 @@ def fit(
         metrics: metric names (`accuracy`, `f1`, `precision`, `recall`, `mse`, `mae`) or callables.
         task: a `Task` replacing `loss` and `metrics` (custom batch handling). fit trains with a copy
             (`task.for_run`): the task you pass is left as it is.
-        optimizer, scheduler: your own, instead of the ones `config` describes; the scheduler is stepped once
-            per optimizer step.
+        optimizer, scheduler, ema, mix: your own, instead of `config`'s: a scheduler stepped once per optimizer
+            step, an `EMA` of the weights (`ema.module` after the run), a batch mixer such as torchvision's `v2.MixUp`.
         collate_fn: merges samples into a batch (for example transformers' `DataCollatorWithPadding`).
         processor: a tokenizer or processor saved with the final model (`<run>/model/`, `save_pretrained`).
         options: extra settings to record in the run folder's `config.yaml`: a `Job` (recorded as the job file's
@@ -88,8 +89,8 @@ def fit(
         with StopRequest(cfg.stop_at_step) as stop:
             run = _setup(accelerator=accelerator, cfg=cfg, trackers=trackers, stop=stop, notes=notes, options=options,
                          threads_rule=threads_rule, model=model, train_data=train_data, eval_data=eval_data,
-                         task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)),
-                         optimizer=optimizer, scheduler=scheduler, collate_fn=collate_fn)
+                         task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)), optimizer=optimizer,
+                         scheduler=scheduler, collate_fn=collate_fn, ema=ema, mix=mix)
             stopped = train_epochs(run)
             return finish(run, started, stopped, processor)
     finally:
@@ -97,8 +98,11 @@ def fit(
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,
-           threads_rule: str, model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn) -> Run:
+           threads_rule: str, model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn, ema,
+           mix) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
+    recipes = for_run(cfg, task, model, optimizer, ema=ema, mix=mix)  # checked before the run folder is made
+    task = recipes.task
     cfg, speedups = _speed_up(accelerator, cfg, model, task, train_data, collate_fn, optimizer, notes)
     device = accelerator.device.type
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
@@ -126,9 +130,11 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     scheduler, monitor.plateau = accelerator.prepare(scheduler or build_scheduler(cfg, raw_optimizer, steps),
                                                      build_plateau(cfg, raw_optimizer, monitor.mode))
     meter = Meter(accelerator, task.make_metrics("train"))
+    recipes.ema.attach(accelerator, model, optimizer)  # before resuming: the checkpoint holds the average
     logged = tracking.logged_steps(run_dir) if resume_from and accelerator.is_main_process else {}  # before truncation
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
-    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups)
+    plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups,
+                          recipes.lines)
     _start_tracking(accelerator, trackers, run_dir, (progress.step, logged), {**cfg.to_dict(), **_as_dict(options)},
                     plan)
     accelerator.print(plans.render(plan, run_dir, resume_from))
@@ -144,7 +150,7 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
                                   background=cfg.background_checkpoints), stop=stop,
         log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
         compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),
-        device=accelerator.device.type)
+        device=accelerator.device.type, ema=recipes.ema)
 
 
 def _start_tracking(accelerator, trackers: list, run_dir: Path, resumed: tuple[int, dict], config: dict,

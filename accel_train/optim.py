@@ -38,8 +38,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, **impl: bool) -> torch.optim.Optimizer:
-    """The optimizer `cfg` names; `impl` picks torch's kernels (`fused=True`, `foreach=...`)."""
-    groups = param_groups(model, cfg.weight_decay)
+    """The optimizer `cfg` names; `impl` picks torch's kernels (`fused=True`, `foreach=...`). With
+    `--layer-lr-decay`, one group per layer and decay kind, each with its own LR (see `layer_decay`)."""
+    if cfg.layer_lr_decay is not None:
+        from .layer_decay import layer_groups
+
+        groups = layer_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl)
     if cfg.optimizer == "adam":
@@ -65,6 +71,21 @@ class Warmup:
         return self.floor + (1.0 - self.floor) * decay
 
 
+class WarmupStableDecay:
+    """LR multiplier of warmup-stable-decay: linear warm-up from 0 over `warmup` steps, the peak LR until the last
+    `decay` steps of `total`, then linear decay to `floor` at step `total`."""
+
+    def __init__(self, warmup: int, total: int, decay: int | None, floor: float = 0.0):
+        self.warmup, self.total, self.floor = warmup, max(total, 1), floor
+        self.decay = max(1, min(decay if decay is not None else self.total // 10, self.total - warmup))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        progress = min(1.0, max(0.0, (step - (self.total - self.decay)) / self.decay))
+        return 1.0 - (1.0 - self.floor) * progress
+
+
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int):
     """The scheduler stepped after every optimizer step (`steps` in all).
 
@@ -82,10 +103,32 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: i
         return sched.ExponentialLR(optimizer, gamma=cfg.gamma)
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=cfg.min_lr)
+    if cfg.scheduler == "cosine_restarts":  # stepped once per optimizer step: cycles counted in optimizer steps
+        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.restart_every, T_mult=cfg.restart_mult,
+                                                 eta_min=cfg.min_lr)
+    if cfg.scheduler == "wsd":
+        return sched.LambdaLR(optimizer, WarmupStableDecay(cfg.warmup_steps, steps, cfg.decay_steps, floor))
     if cfg.scheduler in ("linear_warmup", "cosine_warmup"):
         shape = "linear" if cfg.scheduler == "linear_warmup" else "cosine"
         return sched.LambdaLR(optimizer, Warmup(cfg.warmup_steps, steps, shape, floor))
     return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)  # chainable: keeps plateau's changes
+
+
+def describe_schedule(cfg: TrainConfig, steps: int) -> str | None:
+    """For the plan: the optimizer steps at which cosine_restarts restarts, or wsd's three phases."""
+    if cfg.scheduler == "cosine_restarts":
+        starts, at, length = [], cfg.restart_every, cfg.restart_every
+        while at < steps and len(starts) < 8:
+            starts.append(at)
+            length *= cfg.restart_mult
+            at += length
+        shown = ", ".join(map(str, starts)) + (" ..." if len(starts) == 8 else "")
+        return f"cosine restarts at steps {shown or 'none (one cycle longer than the run)'}"
+    if cfg.scheduler == "wsd":
+        shape = WarmupStableDecay(cfg.warmup_steps, steps, cfg.decay_steps)
+        return (f"warm-up to step {shape.warmup}, stable to step {shape.total - shape.decay}, linear decay to "
+                f"min_lr {cfg.min_lr} at step {shape.total}")
+    return None
 
 
 def build_plateau(cfg: TrainConfig, optimizer: torch.optim.Optimizer, mode: str):

@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import write_json
 from .config import TrainConfig
-from .optim import steps_per_epoch
+from .optim import describe_schedule, steps_per_epoch
 
 PACKAGES = ("accel_train", "torch", "accelerate", "transformers", "datasets", "torchvision")
 COMPUTE_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
@@ -65,14 +65,14 @@ def batch_dependent_layers(model) -> list[str]:
 
 
 def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: int, notes: list[str], model,
-             threads_rule: str | None = None, speed: list[str] = ()) -> dict[str, Any]:
+             threads_rule: str | None = None, speed: list[str] = (), recipes: list[str] = ()) -> dict[str, Any]:
     """The training plan: everything people get wrong about a launch, computed once."""
     try:
         batches = len(train_loader)
     except TypeError:
         batches = None
     train_samples = _length(train_loader.dataset)
-    warmup = cfg.warmup_steps if cfg.scheduler in ("linear_warmup", "cosine_warmup") else 0
+    warmup = cfg.warmup_steps if cfg.scheduler in ("linear_warmup", "cosine_warmup", "wsd") else 0
     return {
         "device": accelerator.device.type,
         "distributed_type": accelerator.distributed_type.value,
@@ -98,6 +98,8 @@ def describe(accelerator, cfg: TrainConfig, train_loader, eval_loader, steps: in
         "optimizer": cfg.optimizer,
         "speed": list(speed),  # the speed options in effect, and the optimizer's kernels
         "scheduler": cfg.scheduler,
+        "schedule": describe_schedule(cfg, steps),  # where a schedule's phases or restarts fall, or None
+        "recipes": list(recipes),  # the training recipes in effect (accel_train.recipes)
         "notes": notes,
         "versions": _versions(),
     }
@@ -161,6 +163,9 @@ def render(plan: dict[str, Any], run_dir: Path, resume_from: Path | None) -> str
     ]
     if plan.get("speed"):
         lines.append(f"  speed       {', '.join(plan['speed'])}")
+    if plan.get("schedule"):
+        lines.append(f"  schedule    {plan['schedule']}")
+    lines += [f"  recipe      {line}" for line in plan.get("recipes", [])]
     if resume_from is not None:
         lines.append(f"  resume      from {resume_from}")
     if warmup >= total:

@@ -34,12 +34,41 @@ def full_precision(values: torch.Tensor) -> torch.Tensor:
     return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    try:
-        return _per_sample(F.cross_entropy(full_precision(logits), targets, reduction="none"))
-    except IndexError:  # CPU: "Target 12 is out of bounds"
-        check_labels(targets, logits.shape[1])
-        raise
+class CrossEntropy:
+    """Cross-entropy per sample from class logits `[n, C]` (or `[n, C, ...]`), against integer labels or class
+    probabilities of the logits' shape (mixup), as `F.cross_entropy` computes it.
+
+    With `weight` (one per class) each sample's loss is weighted and counts as its weight in units (its class's
+    weight; for probabilities, their weighted sum): summed over an accumulation window and all processes and
+    divided by their units, that is torch's weighted mean, `F.cross_entropy(weight=...)`.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None):
+        self.label_smoothing, self.weight = label_smoothing, weight
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor):
+        logits = full_precision(logits)
+        if self.weight is not None and self.weight.device != logits.device:
+            self.weight = self.weight.to(logits.device)  # moved once
+        weight = self.weight
+        try:
+            losses = F.cross_entropy(logits, targets, weight=weight, reduction="none",
+                                     label_smoothing=self.label_smoothing)
+        except IndexError:  # CPU: "Target 12 is out of bounds"
+            check_labels(targets, logits.shape[1])
+            raise
+        if weight is None:
+            return _per_sample(losses)
+        units = torch.movedim(targets, 1, -1) @ weight if targets.is_floating_point() else weight[targets]
+        return _per_sample(losses), _per_sample(units)
+
+    def check(self, num_classes: int) -> None:
+        if self.weight is not None and len(self.weight) != num_classes:
+            raise UserError(f"--class-weights gives {len(self.weight)} weights, but the model has {num_classes} "
+                            f"outputs: give one weight per class, or --class-weights auto.")
+
+
+_cross_entropy = CrossEntropy()
 
 
 def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -106,8 +135,9 @@ class Task:
 
     Args:
         loss: a name (`cross_entropy`, `bce_with_logits`, `mse`, `l1`, `smooth_l1`), a callable
-            `fn(output, targets)` returning a scalar or one value per sample, or None to use the model's own
-            `output.loss` for dict batches.
+            `fn(output, targets)` returning a scalar, one value per sample, or (values, units) per sample (a
+            weighted loss: the loop divides by the units), or None to use the model's own `output.loss` for dict
+            batches.
         metrics: names, callables or `Metric` objects (see `accel_train.metrics`).
         class_names: names for per-class metrics and the run folder's per-class report.
 
@@ -174,13 +204,14 @@ class Task:
                                 "or give a loss (for example loss='cross_entropy').")
         else:
             loss = self.loss_fn(logits, targets)
+        loss, counts = loss if isinstance(loss, tuple) else (loss, None)  # (losses, units per sample)
         n = len(targets) if targets is not None else len(logits)
         if loss.dim() == 0:
             loss = loss.expand(n)  # a batch mean counts as that value for every sample
         elif loss.shape != (n,):
             raise UserError(f"the loss must be a scalar or one value per sample (shape [{n}]), got shape "
                             f"{list(loss.shape)}. Reduce it with .mean() or per sample.")
-        return Output(loss, None, logits, targets)
+        return Output(loss, counts, logits, targets)
 
     def _first_call(self, model: torch.nn.Module, batch: Any) -> Output:
         """The first batch: turn a model/batch mismatch or bad labels into a message with the shapes."""
@@ -193,10 +224,13 @@ class Task:
                 raise
             raise UserError(f"the model cannot take this batch {_shapes(batch)}: {type(error).__name__}: "
                             f"{error}. Check the model's input size against the data.") from None
-        if self.loss_fn is _cross_entropy and isinstance(targets, torch.Tensor):
-            check_labels(targets, logits_of(output).shape[1])
+        if isinstance(self.loss_fn, CrossEntropy) and isinstance(targets, torch.Tensor):
+            classes = logits_of(output).shape[1]
+            self.loss_fn.check(classes)
+            if targets.shape != logits_of(output).shape:  # integer labels, not class probabilities (mixup)
+                check_labels(targets, classes)
             if self.dataset_labels is not None:
-                check_labels(self.dataset_labels, logits_of(output).shape[1])
+                check_labels(self.dataset_labels, classes)
         result = self.losses(output, targets)
         self.checked = True
         return result

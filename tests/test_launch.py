@@ -72,7 +72,7 @@ def test_console_script_bad_key_exits_2_without_traceback(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("accel_train: error: unknown config key `bach_size`.")
     assert "Traceback" not in proc.stderr and "Did you mean `batch_size`?" in proc.stderr
     proc = run_python(["-m", "accel_train", "train", "--help"])
-    assert proc.returncode == 0 and "--grad_accum" in proc.stdout and "--job" in proc.stdout
+    assert proc.returncode == 0 and "  --grad-accum " in proc.stdout and "--job.*" in proc.stdout
 
 
 def test_thread_rules_in_order(monkeypatch):

@@ -155,8 +155,8 @@ class Checkpointer:
                processes: int) -> None:
         """The writer thread's part: this process's snapshotted files, then (main process) publish."""
         copied()
-        for job in jobs:
-            job()
+        while jobs:  # each snapshot is freed as soon as it is on disk
+            jobs.pop(0)()
         (tmp / f".done-{rank}").touch()
         if main:
             wait_for_ranks(tmp, processes)

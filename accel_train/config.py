@@ -113,6 +113,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between logged training lines
     log_with: list[str] | str = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (a,b for several)
     progress: bool = True  # progress bar on the main process
+    count_flops: bool | None = None  # one step's FLOPs counted once, for FLOPs/s and MFU; default: on a GPU only
     verbose: bool = False  # also show third-party progress bars, load reports and warnings (transformers, datasets)
 
     def __post_init__(self) -> None:

@@ -181,7 +181,7 @@ class _SlowData(Dataset):
 
 def test_an_input_bound_run_gets_the_data_wait_verdict(tmp_path, capsys):
     cfg = TrainConfig(output_dir=str(tmp_path / "slow"), epochs=1, batch_size=8, log_every=2, cpu=True,
-                      num_threads=1, progress=False)
+                      num_threads=1, progress=False, count_flops=True)
     summary = fit(_model(), _SlowData(), config=cfg)
     performance = summary["performance"]
     assert performance["data_wait"] > 0.8 and performance["input_bound"] == verdict(performance["data_wait"], 0)

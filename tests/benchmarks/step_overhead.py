@@ -121,17 +121,23 @@ def run_twin(job: str, epochs: int, out: Path) -> tuple[list[torch.Tensor], list
     return losses, clock.step_times(len(loader)), len(loader)
 
 
-def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3) -> dict:
-    """Interleaved runs; per run the median step time of each; the losses of every pair compared bitwise."""
+def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: int = 1) -> dict:
+    """Interleaved runs on `threads` threads; per run the median step time of each; the losses of every pair
+    compared bitwise."""
     twin_medians, accel_medians, equal = [], [], True
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(runs):
-            twin_losses, twin_times, per_epoch = run_twin(job, epochs, Path(tmp) / f"twin{run}")
-            accel_losses, accel_times, _ = run_accel_train(job, epochs, Path(tmp) / f"accel{run}")
-            equal = equal and len(twin_losses) == len(accel_losses) and torch.equal(
-                torch.stack(twin_losses), torch.stack(accel_losses))
-            twin_medians.append(statistics.median(twin_times))
-            accel_medians.append(statistics.median(accel_times))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for run in range(runs):
+                twin_losses, twin_times, per_epoch = run_twin(job, epochs, Path(tmp) / f"twin{run}")
+                accel_losses, accel_times, _ = run_accel_train(job, epochs, Path(tmp) / f"accel{run}")
+                equal = equal and len(twin_losses) == len(accel_losses) and torch.equal(
+                    torch.stack(twin_losses), torch.stack(accel_losses))
+                twin_medians.append(statistics.median(twin_times))
+                accel_medians.append(statistics.median(accel_times))
+    finally:
+        torch.set_num_threads(before)
     twin, accel = statistics.median(twin_medians), statistics.median(accel_medians)
     return {"job": job, "epochs": epochs, "runs": runs, "steps": len(twin_losses), "steps_per_epoch": per_epoch,
             "losses_bitwise_equal": equal, "twin_step_s": twin, "accel_train_step_s": accel,
@@ -148,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    figures = measure(args.job, args.epochs, args.runs)
+    figures = measure(args.job, args.epochs, args.runs, args.threads)
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
     print(report(figures))

@@ -24,6 +24,8 @@ def test_accel_train_against_plain_loops_and_peers(tmp_path):
         if os.environ.get(f"BENCH_{name}"):
             argv += [f"--{name.lower()}", os.environ[f"BENCH_{name}"]]
     results = main(argv)
+    for job in {row["job"] for row in results["rows"]}:  # every tool took the same steps over the same samples
+        assert len({(row["steps"], row["samples"]) for row in results["rows"] if row["job"] == job}) == 1, job
     for entry in results["summary"]:
         assert entry["accuracy"] >= LEAST_ACCURACY[entry["job"]], entry
     assert all(line.endswith("meets the targets") for line in results["verdicts"]), results["verdicts"]

@@ -82,10 +82,12 @@ class Bench:
         return self.cfg.epochs if self.cfg.max_steps is None else math.ceil(self.cfg.max_steps / batches)
 
     def optimizer(self, model: torch.nn.Module, batches: int):
-        """AdamW with the job's groups and its warm-up schedule, stepped once per optimizer step."""
+        """AdamW with the job's groups and kernels (accel_train's default: fused where torch has them) and its
+        warm-up schedule, stepped once per optimizer step: the optimizer is the same in every tool."""
         from accel_train.optim import build_optimizer, build_scheduler
+        from accel_train.speed import optimizer_kwargs
 
-        optimizer = build_optimizer(self.cfg, model)
+        optimizer = build_optimizer(self.cfg, model, **optimizer_kwargs(self.cfg, "cpu"))
         return optimizer, build_scheduler(self.cfg, optimizer, self.steps(batches))
 
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:

@@ -30,6 +30,7 @@ from accel_train import fit
 from accel_train.config import parse_config
 from accel_train.job import Job
 from accel_train.optim import build_optimizer, build_scheduler, total_steps
+from accel_train.speed import optimizer_kwargs
 from accel_train.task import Task
 from bench_jobs import job_args
 
@@ -94,7 +95,7 @@ def run_twin(job: str, epochs: int, out: Path) -> tuple[list[torch.Tensor], list
     loader = torch.utils.data.DataLoader(parts.train_data, batch_size=cfg.batch_size, sampler=sampler,
                                          generator=torch.Generator())  # its worker seed: not from the global RNG
     eval_loader = torch.utils.data.DataLoader(parts.eval_data, 256, generator=torch.Generator())  # as above
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, **optimizer_kwargs(cfg, "cpu"))  # fit's default kernels
     scheduler = build_scheduler(cfg, optimizer, total_steps(cfg, len(loader)))
     params = [p for p in model.parameters() if p.requires_grad]
     losses = []

@@ -119,7 +119,8 @@ def tidy(folder: Path) -> None:
     shutil.rmtree(folder / "run", ignore_errors=True)
 
 
-def run_all(args) -> list[dict]:
+def run_all(args, save) -> list[dict]:
+    """Every round; `save(rows)` after each one, so that an interrupted benchmark leaves its finished rounds."""
     runner = run_in_process if args.in_process else run_process
     rows, runs = [], Path(args.out) / "runs"
     if runs.exists():
@@ -139,6 +140,8 @@ def run_all(args) -> list[dict]:
                     line = rows[-1]
                     print(f"  round {round_} {job:<11} {tool:<11} wall {line['wall_s']:7.2f} s  train "
                           f"{line['train_time_s']:7.2f} s  accuracy {line['accuracy']:.4f}", flush=True)
+        if round_ != "warm-up":
+            save(rows)
     return rows
 
 
@@ -224,18 +227,21 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    started = time.perf_counter()
-    rows = run_all(args)
-    summary = summarize(rows, args.jobs, args.tools)
-    results = {"command": " ".join(["python", "tests/benchmarks/compare.py", *(argv or sys.argv[1:])]),
-               "machine": machine(), "threads": args.threads, "runs": args.runs, "smoke": args.smoke,
-               "elapsed_s": time.perf_counter() - started, "summary": summary, "rows": rows,
-               "verdicts": verdicts(summary)}
-    out = Path(args.out)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = table(summary)
-    (out / "results.md").write_text(text + "\n\n" + "\n".join(f"- {v}" for v in results["verdicts"]) + "\n")
-    print("\n" + text + "\n\n" + "\n".join(results["verdicts"]))
+    started, at_start, out = time.perf_counter(), machine(), Path(args.out)
+    results: dict = {}
+
+    def save(rows: list[dict]) -> None:
+        summary = summarize(rows, args.jobs, args.tools)
+        results.update(command=" ".join(["python", "tests/benchmarks/compare.py", *(argv or sys.argv[1:])]),
+                       machine=at_start, load_average_at_end=os.getloadavg(), threads=args.threads,
+                       runs=len({r["round"] for r in rows}), smoke=args.smoke, elapsed_s=time.perf_counter() - started,
+                       summary=summary, rows=rows, verdicts=verdicts(summary))
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "results.md").write_text(table(summary) + "\n\n" + "\n".join(f"- {v}" for v in results["verdicts"])
+                                        + "\n")
+
+    run_all(args, save)
+    print("\n" + table(results["summary"]) + "\n\n" + "\n".join(results["verdicts"]))
     return results
 
 

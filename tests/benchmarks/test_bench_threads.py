@@ -37,10 +37,10 @@ def _accel(out: Path) -> float:
     return json.loads((out / "summary.json").read_text())["train_time_s"]
 
 
-def _plain() -> float:
-    proc = subprocess.run([sys.executable, str(REPO / "tests/benchmarks/plain_digits.py"), "--threads", "1",
-                           "--epochs", EPOCHS], check=True, capture_output=True, text=True,
-                          env=_env(OMP_NUM_THREADS="1"))
+def _plain(out: Path) -> float:
+    proc = subprocess.run([sys.executable, str(REPO / "tests/benchmarks/peer_loop.py"), "--job", "digits",
+                           "--out", str(out), "--threads", "1", "--epochs", EPOCHS], check=True, capture_output=True,
+                          text=True, env=_env(OMP_NUM_THREADS="1"))
     return json.loads(proc.stdout.strip().splitlines()[-1])["train_time_s"]
 
 
@@ -51,7 +51,7 @@ def test_default_threads_on_a_machine_with_a_busy_core():
     accel, plain = [], []
     with busy_core(), tempfile.TemporaryDirectory() as tmp:
         for i in range(RUNS):
-            plain.append(_plain())
+            plain.append(_plain(Path(tmp) / f"plain{i}"))
             accel.append(_accel(Path(tmp) / f"run{i}"))
     ratio = statistics.median(a / p for a, p in zip(accel, plain))
     print(f"\ndigits CNN, {EPOCHS} epochs, one of {len(cores)} cores busy, {RUNS} interleaved pairs: training time "

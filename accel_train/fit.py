@@ -32,6 +32,7 @@ from .monitor import Performance
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .recipes import EMA, for_run
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
+from .run_lock import RunLock
 from .task import Task
 
 
@@ -85,27 +86,31 @@ def fit(
     threads_rule = set_threads(cfg.num_threads)[1]
     trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
+    lock, ok = RunLock(), False  # the main process holds the run folder until the run ends
     try:
         with StopRequest(cfg.stop_at_step) as stop:
             run = _setup(accelerator=accelerator, cfg=cfg, trackers=trackers, stop=stop, notes=notes, options=options,
                          threads_rule=threads_rule, model=model, train_data=train_data, eval_data=eval_data,
                          task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)), optimizer=optimizer,
-                         scheduler=scheduler, collate_fn=collate_fn, ema=ema, mix=mix)
+                         scheduler=scheduler, collate_fn=collate_fn, ema=ema, mix=mix,
+                         lock=lock)
             stopped = train_epochs(run)
-            return finish(run, started, stopped, processor)
+            summary, ok = finish(run, started, stopped, processor), True
+            return summary
     finally:
         shutdown(accelerator)
+        lock.release(ok)  # a failed new run without a checkpoint leaves nothing that blocks the same command
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,
            threads_rule: str, model, train_data, eval_data, task: Task, optimizer, scheduler, collate_fn, ema,
-           mix) -> Run:
+           mix, lock: RunLock) -> Run:
     """Everything before the first step: run folder, loaders, prepare, schedule, resume, the plan."""
     recipes = for_run(cfg, task, model, optimizer, ema=ema, mix=mix)  # checked before the run folder is made
     task = recipes.task
     cfg, speedups = _speed_up(accelerator, cfg, model, task, train_data, collate_fn, optimizer, notes)
     device = accelerator.device.type
-    run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg))
+    run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg, lock))
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
     monitor = Monitor.for_task(cfg, task)
@@ -198,16 +203,23 @@ def _agree(accelerator, decide: Callable[[], Any]) -> Any:
     return value
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """Choose the run folder and the checkpoint to resume from; create the folder. Never a silent fresh start
-    over another run's files."""
+def _prepare_run_dir(cfg: TrainConfig, lock: RunLock) -> tuple[Path, Path | None]:
+    """Choose the run folder and the checkpoint to resume from; create and lock the folder. Never a silent fresh
+    start over another run's files, never two runs in one folder."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else None
     resume_from = resolve_resume(cfg.resume, run_dir)
     if run_dir is None:
         run_dir = resume_from.parent.parent if resume_from is not None else default_run_dir(cfg.name)
-    same_run = resume_from is not None and run_dir.resolve() == resume_from.parent.parent.resolve()
-    check_run_dir(run_dir, resuming=same_run, auto=cfg.resume == "auto")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire(run_dir)
+    try:
+        resume_from = resolve_resume(cfg.resume, run_dir if cfg.output_dir else None)  # again, now nobody writes
+        same_run = resume_from is not None and run_dir.resolve() == resume_from.parent.parent.resolve()
+        check_run_dir(run_dir, resuming=same_run, auto=cfg.resume == "auto")
+    except BaseException:
+        lock.fresh = lock.created  # a folder made just now is removed again
+        lock.release(ok=False)
+        raise
+    lock.fresh = not same_run
     return run_dir, resume_from
 
 

@@ -22,6 +22,7 @@ from accelerate.tracking import GeneralTracker
 
 from .checkpoint import write_json
 from .errors import UserError
+from .run_lock import LOCK
 
 
 class JsonlTracker(GeneralTracker):
@@ -68,7 +69,7 @@ def check_run_dir(run_dir: Path, resuming: bool, auto: bool = False) -> None:
         return
     if not run_dir.is_dir():
         raise UserError(f"--output-dir {run_dir} is a file, not a folder.")
-    if any(run_dir.iterdir()):
+    if any(path.name != LOCK for path in run_dir.iterdir()):
         if auto:
             raise UserError(f"--resume auto: {run_dir} holds a run but no complete checkpoint to continue from. "
                             "Remove the folder to start over, or choose another --output-dir.")

@@ -6,6 +6,8 @@ warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of Trai
 --kill-at-batch N   SIGKILL this process (rank 0) when the N-th training micro-batch starts
 --nan-at-step S     the loss of optimizer step S is NaN (every micro-batch of its window, on every process)
 --inf-grad-rank R   with --nan-at-step S: instead, only process R gets an inf gradient at step S
+--start-at T        sleep until time.time() == T before fit (two runs started at once)
+--fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0)
 """
 
 import os
@@ -19,6 +21,7 @@ from torch.utils.data import TensorDataset
 from accel_train import Task, fit, parse_config
 from accel_train.tasks.vision import load_digits_tensors
 from accel_train.checkpoint_writer import wait_for_writes
+from accel_train.errors import exit_on_user_error
 from accel_train.launch import leave
 
 
@@ -30,6 +33,9 @@ class Options:
     inf_grad_rank: int | None = None
     slow: float = 0.0  # seconds of sleep per micro-batch (gives a signal time to arrive mid-epoch)
     data: str | None = None  # a torch.save'd (images, labels) file instead of loading scikit-learn's digits
+    start_at: float | None = None
+    fill_disk_at_batch: int | None = None
+    fill_file: str | None = None  # the file that fills the disk (on the run folder's filesystem)
 
 
 class Injector(nn.Module):
@@ -52,6 +58,8 @@ class Injector(nn.Module):
         if self.opts.kill_at_batch is not None and seen == self.opts.kill_at_batch and self.rank == 0:
             wait_for_writes()  # the kill points name checkpoints; save_storm.py kills during background writes
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.opts.fill_disk_at_batch == seen and self.rank == 0:
+            fill_disk(self.opts.fill_file)
         step = (seen - 1) // self.grad_accum + 1
         if self.opts.nan_at_step == step:
             if self.opts.inf_grad_rank is None:
@@ -59,6 +67,17 @@ class Injector(nn.Module):
             if self.rank == self.opts.inf_grad_rank:
                 out.register_hook(lambda g: g * float("inf"))
         return out
+
+
+def fill_disk(path: str) -> None:
+    """Write `path` until the filesystem is full (a real ENOSPC for whatever is written next)."""
+    with open(path, "wb", buffering=0) as handle:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                continue
 
 
 def build(opts: Options, grad_accum: int):
@@ -76,5 +95,8 @@ if __name__ == "__main__":
                 "--keep-checkpoints", "2", "--log-every", "1", "--progress", "false", "--max-grad-norm", "1.0"]
     cfg, opts = parse_config(defaults + __import__("sys").argv[1:], options=Options)
     model, data, val = build(opts, cfg.grad_accum)
-    fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
+    if opts.start_at is not None:
+        __import__("time").sleep(max(0.0, opts.start_at - __import__("time").time()))
+    with exit_on_user_error():  # a refusal or fault: one line, exit 2
+        fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
     leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

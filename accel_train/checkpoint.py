@@ -207,10 +207,18 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step]
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> float:
+    """A line's step; a line cut short by a full disk counts as past every step (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class StopRequest:

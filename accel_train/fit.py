@@ -15,12 +15,13 @@ from accelerate.utils import broadcast_object_list, set_seed
 from . import plan as plans
 from . import speed, tracking
 from .batch_size import fit_batch_size
-from .checkpoint import (Checkpointer, Progress, StopRequest, load_meter, read_progress, resolve_resume,
+from .checkpoint import (Progress, StopRequest, load_meter, read_progress, resolve_resume,
     truncate_metrics)
 from .config import TrainConfig
 from .data import TrainBatches, batches_per_process, dataset_labels, make_loader
 from .epochs import Monitor, Run, finish, train_epochs
 from .errors import UserError
+from .faults import FaultCheckpointer, write_faults
 from .gradients import GradientWindow, NonFiniteGuard
 from .internals import skip_on_device, trim_optimizer_overhead
 from .job import Job
@@ -29,6 +30,7 @@ from .quiet import quiet_libraries
 from .logs import StepLog
 from .metrics import Meter
 from .monitor import Performance
+from .preflight import check_monitor
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .recipes import EMA, for_run
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
@@ -94,8 +96,9 @@ def fit(
                          task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)), optimizer=optimizer,
                          scheduler=scheduler, collate_fn=collate_fn, ema=ema, mix=mix,
                          lock=lock)
-            stopped = train_epochs(run)
-            summary, ok = finish(run, started, stopped, processor), True
+            with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, work kept
+                stopped = train_epochs(run)
+                summary, ok = finish(run, started, stopped, processor), True
             return summary
     finally:
         shutdown(accelerator)
@@ -110,10 +113,11 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     task = recipes.task
     cfg, speedups = _speed_up(accelerator, cfg, model, task, train_data, collate_fn, optimizer, notes)
     device = accelerator.device.type
+    monitor = Monitor.for_task(cfg, task)
+    check_monitor(monitor.name, task, validated=eval_data is not None)  # before anything is written
     run_dir, resume_from = _agree(accelerator, lambda: _prepare_run_dir(cfg, lock))
     accelerator.project_configuration.set_directories(str(run_dir))
     set_seed(cfg.seed)
-    monitor = Monitor.for_task(cfg, task)
     loader_args = dict(collate_fn=collate_fn, num_workers=cfg.num_workers, seed=cfg.seed,
                        pin_memory=accelerator.dataloader_config.non_blocking)  # decided once, in make_accelerator
     train_loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=True, split="train", **loader_args)
@@ -140,8 +144,9 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
     plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups,
                           recipes.lines)
-    _start_tracking(accelerator, trackers, run_dir, (progress.step, logged), {**cfg.to_dict(), **_as_dict(options)},
-                    plan)
+    with write_faults(run_dir, "writing the run folder"):  # config.yaml, plan.json, the trackers' files
+        _start_tracking(accelerator, trackers, run_dir, (progress.step, logged),
+                        {**cfg.to_dict(), **_as_dict(options)}, plan)
     accelerator.print(plans.render(plan, run_dir, resume_from))
     train_batches = TrainBatches(train_loader, accelerator, cfg.seed)
     return Run(
@@ -151,8 +156,8 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
                              guard=guard, allow_unused=cfg.find_unused_parameters),
         batches=train_batches, perf=Performance.for_run(train_batches, accelerator, cfg),
         steps_per_epoch=steps_per_epoch(batches, cfg.grad_accum) if batches else None,
-        checkpointer=Checkpointer(run_dir, keep=max(1, cfg.keep_checkpoints), every=cfg.checkpoint_every,
-                                  background=cfg.background_checkpoints), stop=stop,
+        checkpointer=FaultCheckpointer(run_dir, keep=max(1, cfg.keep_checkpoints), every=cfg.checkpoint_every,
+                                       background=cfg.background_checkpoints), stop=stop,
         log=StepLog(accelerator, cfg.log_every, cfg.progress, steps, progress.step),
         compute_dtype=plans.ComputeDtype(model), precision=plans.precision_in_effect(accelerator),
         device=accelerator.device.type, ema=recipes.ema)

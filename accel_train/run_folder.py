@@ -22,6 +22,7 @@ from accelerate.tracking import GeneralTracker
 
 from .checkpoint import write_json
 from .errors import UserError
+from .faults import write_faults
 from .run_lock import LOCK
 
 
@@ -49,14 +50,18 @@ class JsonlTracker(GeneralTracker):
 
     def log(self, values: dict, step: int | None = None, kind: str | None = None, **kwargs) -> None:
         """`kind` ("step" or "epoch") is written here only: `accelerator.log(..., log_kwargs={"jsonl": ...})`."""
-        if self._handle is None:
-            self.start()
-        self._handle.write(json.dumps({"step": step, **({"kind": kind} if kind else {}), **values}) + "\n")
+        with write_faults(self.path.parent, "writing metrics.jsonl"):
+            if self._handle is None:
+                self.start()
+            self._handle.write(json.dumps({"step": step, **({"kind": kind} if kind else {}), **values}) + "\n")
 
     def finish(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:  # the line that met a full disk: already reported by `log`
+                pass
 
 
 def default_run_dir(name: str) -> Path:

@@ -6,7 +6,7 @@ warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of Trai
 --kill-at-batch N   SIGKILL this process (rank 0) when the N-th training micro-batch starts
 --nan-at-step S     the loss of optimizer step S is NaN (every micro-batch of its window, on every process)
 --inf-grad-rank R   with --nan-at-step S: instead, only process R gets an inf gradient at step S
---start-at T        sleep until time.time() == T before fit (two runs started at once)
+--start-when PATH   before fit, touch PATH.ready-<pid> and wait for PATH to exist (two runs started at once)
 --fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0)
 """
 
@@ -33,7 +33,7 @@ class Options:
     inf_grad_rank: int | None = None
     slow: float = 0.0  # seconds of sleep per micro-batch (gives a signal time to arrive mid-epoch)
     data: str | None = None  # a torch.save'd (images, labels) file instead of loading scikit-learn's digits
-    start_at: float | None = None
+    start_when: str | None = None
     fill_disk_at_batch: int | None = None
     fill_file: str | None = None  # the file that fills the disk (on the run folder's filesystem)
 
@@ -95,8 +95,10 @@ if __name__ == "__main__":
                 "--keep-checkpoints", "2", "--log-every", "1", "--progress", "false", "--max-grad-norm", "1.0"]
     cfg, opts = parse_config(defaults + __import__("sys").argv[1:], options=Options)
     model, data, val = build(opts, cfg.grad_accum)
-    if opts.start_at is not None:
-        __import__("time").sleep(max(0.0, opts.start_at - __import__("time").time()))
+    if opts.start_when is not None:
+        open(f"{opts.start_when}.ready-{os.getpid()}", "w").close()
+        while not os.path.exists(opts.start_when):
+            __import__("time").sleep(0.002)
     with exit_on_user_error():  # a refusal or fault: one line, exit 2
         fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
     leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

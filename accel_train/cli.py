@@ -16,6 +16,7 @@ USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
        accel-train plot|report RUN_DIR [--out PATH]
        accel-train compare RUN_A RUN_B ... [--out DIR]
        accel-train lr-find --config JOB.yaml [--start-lr 1e-7 --end-lr 10 --num-steps 200 --out DIR]
+       accel-train launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
 
 commands:
   train    train the job a YAML file describes; every key is also a flag (--epochs 5, --batch-size 32)
@@ -25,6 +26,7 @@ commands:
   report   one self-contained HTML page of a run: RUN_DIR/report.html
   compare  several runs' curves on shared axes, and a table of their best and final metrics
   lr-find  sweep the LR exponentially on your job: the loss curve (PNG) and a suggested LR; no run folder
+  launch   `accelerate launch` whose SIGTERM/SIGINT checkpoints every process and exits 0 (for schedulers)
 
 `accel-train train --help` lists every key. Launch on any device with
   accelerate launch --config_file launch_configs/<mode>.yaml -m accel_train train --config JOB.yaml
@@ -83,8 +85,14 @@ def lr_find(argv: list[str]) -> int:
     return lr_find_main(argv)
 
 
+def launch(argv: list[str]) -> int:
+    from .launcher import main as launch_main
+
+    return launch_main(argv)
+
+
 COMMANDS = {"train": train, "verify": verify, "diagnose": diagnose, "plot": plot, "report": report_run,
-            "compare": compare, "lr-find": lr_find}
+            "compare": compare, "lr-find": lr_find, "launch": launch}
 
 
 def entry() -> None:

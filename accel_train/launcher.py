@@ -1,0 +1,67 @@
+"""`accel-train launch ARGS`: `accelerate launch ARGS` under a parent that turns a stop signal into a clean stop
+(`accel-train launch torchrun ARGS`: the same for `torchrun ARGS`).
+
+Schedulers stop a job by signalling the process they started (Kubernetes: SIGTERM, then SIGKILL after a grace
+period; SLURM `--signal`). Sent to `accelerate launch` itself, the signal goes wrong: torch's elastic agent
+(several processes) forwards it to the training processes, which checkpoint and exit 0, but then exits 1 with a
+`SignalException` traceback whatever they did; the one-process launcher dies at once and leaves its training
+process running, unsignalled. This parent starts `accelerate launch` in a session of its own, and on SIGTERM,
+SIGINT or SIGHUP sends SIGTERM to the training processes only (the launcher's children, not their DataLoader
+workers): each checkpoints at the next step boundary and exits 0 (see checkpoint.StopRequest), so the launcher
+exits 0 and so does this process. A second signal goes to the launcher itself (its own forced shutdown). If this
+parent is killed outright, the launcher gets SIGTERM from the kernel (Linux: PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _die_with_parent() -> None:
+    """In the launcher, before exec: SIGTERM when this parent dies (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """Run `accelerate launch argv` and return its exit status (0 after a clean stop on a signal)."""
+    import psutil
+
+    command = (["torch.distributed.run", *argv[1:]] if argv[:1] == ["torchrun"]
+               else ["accelerate.commands.launch", *argv])
+    launcher = subprocess.Popen([sys.executable, "-m", *command], start_new_session=True, preexec_fn=_die_with_parent)
+    asked: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum)) for sig in STOP_SIGNALS}
+    stopped: set[int] = set()
+    forced = False
+    try:
+        while launcher.poll() is None:
+            if asked and not forced:
+                try:  # workers started after the signal are asked too
+                    workers = psutil.Process(launcher.pid).children()
+                except psutil.NoSuchProcess:
+                    workers = []
+                for worker in workers:
+                    if worker.pid not in stopped:
+                        stopped.add(worker.pid)
+                        try:
+                            worker.send_signal(signal.SIGTERM)
+                        except psutil.NoSuchProcess:
+                            pass
+                if len(asked) > 1:  # asked again: let the launcher stop them its own way
+                    launcher.send_signal(signal.SIGTERM)
+                    forced = True
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return launcher.returncode

@@ -1,0 +1,81 @@
+"""Stop signals under every launcher: each training process checkpoints at the next step boundary, the whole job
+exits 0 with one line giving the resume command, no traceback; the resumed run finishes the same steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from accel_train import read_metrics, read_summary
+from support import BIN, CONFIGS, SCRIPTS, check, clean_env, free_port, launch, REPO
+
+JOB = str(SCRIPTS / "resume_job.py")
+pytestmark = pytest.mark.multiprocess
+LAUNCHERS = {  # how the job is started -> (command before the script, processes)
+    "accel-train-launch-2": ([sys.executable, "-m", "accel_train", "launch", "--config_file",
+                              str(CONFIGS / "cpu_ddp.yaml")], 2),
+    "accel-train-launch-1": ([sys.executable, "-m", "accel_train", "launch", "--config_file",
+                              str(CONFIGS / "cpu.yaml"), "--num_cpu_threads_per_process", "1"], 1),
+    "accelerate-launch-2": ([str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu_ddp.yaml")], 2),
+    "accel-train-launch-torchrun-2": ([sys.executable, "-m", "accel_train", "launch", "torchrun",
+                                       "--nproc_per_node", "2"], 2),
+    "torchrun-2": ([str(BIN / "torchrun"), "--nproc_per_node", "2"], 2),
+}
+
+
+def _stop_mid_run(tmp_path: Path, digits_file: str, launcher: str, to_children: bool) -> Path:
+    head, processes = LAUNCHERS[launcher]
+    port = ["--main_process_port", str(free_port())] if "--config_file" in head else [f"--master_port={free_port()}"]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*head, *port, JOB, "--data", digits_file, "--output-dir", str(run), "--slow", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # until step 6 of 20 (2 processes) or 40 is logged
+        if (run / "metrics.jsonl").exists() and any(r["step"] >= 6 for r in read_metrics(run)):
+            break
+        time.sleep(0.05)
+    if to_children:  # as SLURM sends it to every task: each training process, not the launcher
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if JOB in p.cmdline()
+                   and not {"launch", "torch.distributed.run"} & set(p.cmdline())]
+        assert len(workers) == processes, [w.cmdline() for w in workers]
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-4000:]
+    assert "Traceback" not in err and "Logging error" not in err, err[-4000:]
+    summary = read_summary(run)
+    steps = summary["steps"]
+    assert summary["stopped"] == "SIGTERM" and 6 <= steps < 40 // processes
+    stop_lines = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM")]
+    assert stop_lines == [f"stopped by SIGTERM after step {steps}: checkpoint {run}/checkpoints/step_{steps:07d}. "
+                          f"Resume with --resume auto --output-dir {run}"]
+    return run
+
+
+def _resume(run: Path, digits_file: str, processes: int) -> None:
+    args = [JOB, "--data", digits_file, "--output-dir", str(run), "--resume", "auto"]
+    check(launch(args, config="cpu_ddp.yaml" if processes == 2 else "cpu.yaml"))
+    assert read_summary(run)["steps"] == 40 // processes
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "step"] == list(range(1, 40 // processes + 1))
+
+
+def test_sigterm_to_accel_train_launch_stops_two_processes_cleanly(tmp_path, digits_file):
+    _stop_mid_run(tmp_path, digits_file, "accel-train-launch-2", to_children=False)  # resumed: the slow group
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "to_children"), [
+    ("accel-train-launch-2", False), ("accel-train-launch-1", False), ("accelerate-launch-2", True), ("accel-train-launch-torchrun-2", False),
+    ("torchrun-2", True)])
+def test_sigterm_under_every_launcher(tmp_path, digits_file, launcher, to_children):
+    run = _stop_mid_run(tmp_path, digits_file, launcher, to_children)
+    _resume(run, digits_file, LAUNCHERS[launcher][1])

@@ -24,26 +24,47 @@ WRITE_MESSAGES = {"No space left": "No space left on device", "os error 28": "No
                   "Input/output error": "Input/output error", "file write failed": "a file write failed"}
 
 
-def is_write_fault(error: BaseException) -> bool:
-    """Whether `error` is the filesystem refusing a write (not a bug, not a user's mistake)."""
-    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
-        return True
-    library = isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError"
-    return library and any(mark in str(error) for mark in WRITE_MESSAGES)
+def is_write_fault(error: BaseException, run_dir: Path) -> bool:
+    """Whether `error` (or the error it arose from) is the filesystem refusing a write: an errno or message
+    that says so, or a torch/safetensors write error on a disk with less than 1 MiB left (torch's stream writer
+    reports a full disk as "basic_ios::clear: iostream error", then "unexpected pos")."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
+            return True
+        if _library_error(seen) and any(mark in str(seen) for mark in WRITE_MESSAGES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return _library_error(error) and _free_bytes(run_dir) < 2**20
 
 
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error)
-    return next((meaning for mark, meaning in WRITE_MESSAGES.items() if mark in text), type(error).__name__)
+def _library_error(error: BaseException) -> bool:
+    return isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError"
+
+
+def _free_bytes(path: Path) -> float:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return float("inf")
+
+
+def _reason(error: BaseException, run_dir: Path) -> str:
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        text = str(seen)
+        for mark, meaning in WRITE_MESSAGES.items():
+            if mark in text:
+                return meaning
+        seen = seen.__cause__ or seen.__context__
+    return "No space left on device" if _free_bytes(run_dir) < 2**20 else type(error).__name__
 
 
 def _free(path: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
-    except OSError:
-        return "free space unknown"
+    free = _free_bytes(path)
+    return f"{free / 2**20:.1f} MiB free" if free != float("inf") else "free space unknown"
 
 
 def fault_line(run_dir: Path, what: str, error: BaseException) -> UserError:
@@ -56,7 +77,7 @@ def fault_line(run_dir: Path, what: str, error: BaseException) -> UserError:
     kept = (f"the newest complete checkpoint is {latest} (step {read_progress(latest).step}); free some space, "
             f"then resume with --resume auto --output-dir {run_dir}" if latest is not None else
             "no checkpoint was complete yet; free some space, then run the same command again")
-    return UserError(f"{what} failed: {_reason(error)} ({_free(run_dir)} on the disk of {run_dir}): {kept}.")
+    return UserError(f"{what} failed: {_reason(error, run_dir)} ({_free(run_dir)} on the disk of {run_dir}): {kept}.")
 
 
 @contextlib.contextmanager
@@ -67,14 +88,22 @@ def write_faults(run_dir: Path, what: str) -> Iterator[None]:
     except UserError:
         raise
     except Exception as error:
-        if not is_write_fault(error):
+        if not is_write_fault(error, run_dir):
             raise
         raise fault_line(run_dir, what, error) from None
 
 
 class FaultCheckpointer(Checkpointer):
-    """`Checkpointer` whose failed writes name the checkpoint."""
+    """`Checkpointer` whose failed writes name the checkpoint, also when a background write fails later."""
+
+    pending: str | None = None  # the checkpoint whose write may still be in flight
+
+    def wait(self) -> None:
+        with write_faults(self.root.parent, f"writing checkpoint {self.pending}"):
+            super().wait()
 
     def save(self, accelerator, progress, name: str, model, meter) -> Path:
+        self.wait()  # the previous write's error, under its own name
+        self.pending = name
         with write_faults(self.root.parent, f"writing checkpoint {name}"):
             return super().save(accelerator, progress, name, model, meter)

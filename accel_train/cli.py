@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import EXIT_USER_ERROR, UserError, report
+from .errors import EXIT_USER_ERROR, UserError, closest, report
 
 USAGE = """usage: accel-train train --config JOB.yaml [--key value ...]
        accel-train verify --config JOB.yaml [--launch-config launch_configs/cpu_ddp.yaml] [--steps 8]
@@ -104,6 +104,10 @@ def entry() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        report(UserError(f"unknown command `{argv[0]}`.{closest(argv[0], COMMANDS)} Commands: "
+                         f"{', '.join(COMMANDS)} (accel-train --help shows how to use them)."))
+        return EXIT_USER_ERROR
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import UserError, closest
+from .errors import UserError
 from .quiet import quiet_libraries
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -195,15 +195,20 @@ def _valid_keys(message: str, extra_keys: list[str]) -> list[str]:
     return list(CONFIG_KEYS) + extra_keys
 
 
-def _explain(message: str, extra_keys: list[str]) -> str:
-    """Turn jsonargparse's rejection into one line that names the key and the closest valid one."""
+def _explain(message: str, extra_keys: list[str], types: dict[str, Any] | None = None) -> str:
+    """Turn jsonargparse's rejection into one line: an unknown key with the closest valid one, or a bad value
+    with what the key takes (`types`: the top-level keys' types)."""
+    from .config_words import job_value_error, suggest, value_error
+
+    if (job_line := job_value_error(message)) is not None:
+        return job_line
     patterns = (r"does not accept (?:nested )?(?:key|option)s? ['\"]?([\w.]+)", r"[Uu]nrecognized arguments:\s*--([\w.]+)",
                 r"Option '([\w.]+)' is not accepted", r"NestedArg\(key='([\w.]+)'")
     for pattern in patterns:
         found = re.search(pattern, message)
         if found:
-            key = found.group(1).split(".")[-1]
-            return (f"unknown config key `{found.group(1)}`.{closest(key, _valid_keys(message, extra_keys))} "
+            key, job = found.group(1).split(".")[-1], "class_path '" in message
+            return (f"unknown config key `{found.group(1)}`.{suggest(key, _valid_keys(message, extra_keys), not job)} "
                     "Run with --help to list the valid keys.")
     typed = re.search(r'key "([\w.]+)":\s*(.*)', message, re.S)
     if typed:
@@ -213,7 +218,8 @@ def _explain(message: str, extra_keys: list[str]) -> str:
             flag = "--" + typed.group(1).replace("_", "-")
             options = ", ".join(option.strip(" '\"") for option in choices.group(1).split(","))
             return f"{flag} must be one of {options} (got {value.group(1)})."
-        return f"bad value for `{typed.group(1)}`: {' '.join(typed.group(2).split())}"
+        plain = value_error(typed.group(1), (types or {}).get(typed.group(1)), value.group(1)) if value else None
+        return plain or f"bad value for `{typed.group(1)}`: {' '.join(typed.group(2).split())}"
     return " ".join(message.split())
 
 
@@ -280,7 +286,10 @@ def parse_config(argv: list[str] | None = None, *, defaults: str | None = None, 
             raise cause from None
         extra = [] if options is None else ["job"] if _is_job(options) else [
             f.name for f in dataclasses.fields(options)]
-        raise UserError(_explain(str(error), extra)) from None
+        from .config_words import hints
+
+        types = {**hints(TrainConfig), **(hints(options) if options is not None and not _is_job(options) else {})}
+        raise UserError(_explain(str(error), extra, types)) from None
     cfg = TrainConfig(**{key: built[key] for key in CONFIG_KEYS})
     quiet_libraries(cfg.verbose)  # before the job or script loads a model or a dataset
     if options is None:

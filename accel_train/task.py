@@ -224,6 +224,9 @@ class Task:
                 raise
             raise UserError(f"the model cannot take this batch {_shapes(batch)}: {type(error).__name__}: "
                             f"{error}. Check the model's input size against the data.") from None
+        mistake = loss_mistake(self.loss_fn, logits_of(output), targets)
+        if mistake:
+            raise UserError(mistake)
         if isinstance(self.loss_fn, CrossEntropy) and isinstance(targets, torch.Tensor):
             classes = logits_of(output).shape[1]
             self.loss_fn.check(classes)
@@ -234,6 +237,32 @@ class Task:
         result = self.losses(output, targets)
         self.checked = True
         return result
+
+
+def loss_mistake(loss_fn: Callable | None, logits: Any, targets: Any) -> str | None:
+    """What is wrong when a built-in loss cannot take the first batch's output and targets (checked once)."""
+    name = ("cross_entropy" if isinstance(loss_fn, CrossEntropy)
+            else next((key for key, fn in LOSSES.items() if fn is loss_fn), None))
+    if name is None:
+        return None
+    if targets is None:
+        return (f"the batch has no targets for loss={name}: a dict batch needs a `labels` entry (or pass loss=None "
+                "and a model that returns its own `loss`).")
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return None
+    shapes = f"output {_shapes(logits)}, targets {_shapes(targets)}"
+    if name == "cross_entropy" and not targets.is_floating_point():
+        if targets.dim() == 2 and targets.shape[1] == 1 and logits.dim() == 2:
+            return (f"cross_entropy needs one class index per sample, shape [{len(targets)}], got targets "
+                    f"{_shapes(targets)}. Use labels.squeeze(1) (or labels.view(-1)) in the dataset.")
+        if logits.dim() != targets.dim() + 1 or logits.shape[:1] + logits.shape[2:] != targets.shape:
+            return (f"cross_entropy takes class logits [n, classes] for targets [n] ({shapes}). Make the model "
+                    "return one row of class scores per sample (for example remove the extra dimension with "
+                    ".squeeze(1) or .flatten(1)).")
+    if name in ("mse", "l1", "smooth_l1") and logits.numel() != targets.numel():
+        return (f"{name} needs one prediction per target value ({shapes}). Give the model as many outputs as the "
+                "targets have values (for example a final Linear(..., 1) for one target per sample).")
+    return None
 
 
 def check_labels(targets: torch.Tensor, num_classes: int) -> None:

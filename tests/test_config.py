@@ -42,7 +42,7 @@ def test_unknown_job_option_names_closest_option():
 
 
 def test_wrong_type_is_named():
-    with pytest.raises(UserError, match=r"bad value for `epochs`.*three"):
+    with pytest.raises(UserError, match=r"^--epochs must be an integer \(got three\)\.$"):
         parse_config(["--epochs", "three"])
     with pytest.raises(UserError, match=r"^--scheduler must be one of constant, step, .* \(got cosin\)\.$"):
         parse_config(["--scheduler", "cosin"])
@@ -99,13 +99,33 @@ def test_an_example_takes_its_job_and_the_same_flags():
     assert job == Digits() and cfg == TrainConfig()
 
 
-@pytest.mark.parametrize(("argv", "line"), [
+MISTAKES = [  # every config mistake and the one line it gets (the job file is examples/configs/digits.yaml)
     (["--mixed-precision", "fp8"], "--mixed-precision must be one of no, fp16, bf16 (got fp8)."),
+    (["--max-steps", "x"], "--max-steps must be an integer or null (got x)."),
+    (["--max-grad-norm", "big"], "--max-grad-norm must be a number or null (got big)."),
+    (["--pin-memory", "maybe"], "--pin-memory must be true, false or null (got maybe)."),
+    (["--betas", "0.9"], "--betas must be a list of 2 numbers, e.g. [0.9, 0.999] (got 0.9)."),
+    (["--milestones", "a"], "--milestones must be a list of integers, e.g. [10, 20] (got a)."),
+    (["--job.channels", "abc"], "--job.channels must be an integer (got abc)."),  # a bad value, not an unknown key
+    (["--job.chanels", "8"],
+     "unknown config key `chanels`. Did you mean `channels`? Run with --help to list the valid keys."),
+    (["--job.foo", "8"],
+     "unknown config key `foo`. Valid keys: val_fraction, channels. Run with --help to list the valid keys."),
+    (["--learning-rate", "0.1"],  # another trainer's name
+     "unknown config key `learning_rate`. Did you mean `lr`? Run with --help to list the valid keys."),
+    (["--gradient-accumulation-steps", "2"],
+     "unknown config key `gradient_accumulation_steps`. Did you mean `grad_accum`? Run with --help to list the "
+     "valid keys."),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    *[([f"--config={DIGITS}", *argv], line) for argv, line in MISTAKES],
     (["--compile-mode", "fast"],
      "--compile-mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (got fast)."),
     (["--optimizer-impl", "turbo"], "--optimizer-impl must be one of auto, fused, foreach, for_loop (got turbo)."),
 ])
 def test_a_value_outside_a_fixed_set_names_the_choices(argv, line):
     with pytest.raises(UserError) as error:
-        parse_config(argv)
+        parse_config(argv, options=Job)
     assert str(error.value) == line

@@ -185,3 +185,59 @@ def test_unused_parameters_are_named(tmp_path, capsys):
     train, _ = digits_splits(0.2, seed=0)
     fit(Unused(), train, config=TrainConfig(output_dir=str(tmp_path / "u"), epochs=1, **QUIET))
     assert "2 parameter(s) received no gradient: spare.weight, spare.bias" in capsys.readouterr().out
+
+
+class _DictSamples(torch.utils.data.Dataset):
+    """Dict samples without `labels`."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, index: int) -> dict:
+        return {"x": torch.full((4,), float(index))}
+
+
+class _Keyword(nn.Linear):
+    def forward(self, x):  # called as model(**batch)
+        return super().forward(x)
+
+
+class _ExtraDim(nn.Linear):
+    def forward(self, x):
+        return super().forward(x).unsqueeze(1)
+
+
+_X, _Y = torch.randn(32, 4), torch.arange(32) % 3
+API_MISTAKES = {  # every Python-API mistake -> (model, data, fit arguments, the one line); nothing is left behind
+    "dict batch without labels": (lambda: _Keyword(4, 3), lambda: _DictSamples(), {},
+        "the batch has no targets for loss=cross_entropy: a dict batch needs a `labels` entry (or pass loss=None "
+        "and a model that returns its own `loss`)."),
+    "dict batch, no labels, no loss": (lambda: _Keyword(4, 3), lambda: _DictSamples(), {"loss": None},
+        "the model returned no `loss` for this dict batch: include `labels` in the batch, or give a loss (for "
+        "example loss='cross_entropy')."),
+    "labels [n, 1] for cross-entropy": (lambda: nn.Linear(4, 3), lambda: TensorDataset(_X, _Y[:, None]), {},
+        "cross_entropy needs one class index per sample, shape [8], got targets int64[8, 1]. Use labels.squeeze(1) "
+        "(or labels.view(-1)) in the dataset."),
+    "output with an extra dimension": (lambda: _ExtraDim(4, 3), lambda: TensorDataset(_X, _Y), {},
+        "cross_entropy takes class logits [n, classes] for targets [n] (output float32[8, 1, 3], targets "
+        "int64[8]). Make the model return one row of class scores per sample (for example remove the extra "
+        "dimension with .squeeze(1) or .flatten(1))."),
+    "mse output wider than the target": (lambda: nn.Linear(4, 3), lambda: TensorDataset(_X, _X[:, 0]),
+        {"loss": "mse", "metrics": ["mse"]},
+        "mse needs one prediction per target value (output float32[8, 3], targets float32[8]). Give the model as "
+        "many outputs as the targets have values (for example a final Linear(..., 1) for one target per sample)."),
+    "batch size 0": (lambda: nn.Linear(4, 3), lambda: TensorDataset(_X, _Y), {"batch_size": 0},
+        "batch_size must be at least 1 (got 0). Set --batch-size to 1 or more."),
+}
+
+
+@pytest.mark.parametrize("name", list(API_MISTAKES))
+def test_python_api_mistakes_are_one_line(tmp_path, name):
+    make_model, make_data, args, line = API_MISTAKES[name]
+    args = dict(args)
+    settings = {"batch_size": args.pop("batch_size", 8)}
+    with pytest.raises(UserError) as error:  # TrainConfig raises it too, when built before fit
+        fit(make_model(), make_data(), config=TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, progress=False,
+                                                          **settings), **args)
+    assert str(error.value) == line
+    assert not (tmp_path / "run").exists(), "a failed start leaves nothing that blocks the same command"

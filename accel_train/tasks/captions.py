@@ -140,11 +140,11 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(column names, rows) of a CSV, JSON Lines, or JSON file (a list of records, or a dict of equal columns)."""
     if path.suffix not in (".csv", ".json", ".jsonl"):
         raise UserError(f"{path}: captions files are .csv, .json or .jsonl.")
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets start with a BOM
-            reader = csv.DictReader(handle)
-            return list(reader.fieldnames or []), list(reader)
     try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets start with a BOM
+                reader = csv.DictReader(handle)
+                return list(reader.fieldnames or []), list(reader)
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -152,6 +152,10 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             data = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON: {error}.") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
+                        f"{error.start}): save it as UTF-8 (a spreadsheet's \"CSV UTF-8\"), or convert it, for "
+                        f"example `iconv -f latin1 -t utf-8`.") from None
     if isinstance(data, dict):  # columns: {"image": [...], "caption": [...]}
         lengths = {key: len(value) for key, value in data.items() if isinstance(value, list)}
         if len(set(lengths.values())) > 1:

@@ -122,6 +122,14 @@ def test_captions_that_are_not_text(tmp_path):
         read_pairs(path, "image_path", "capton")
     with pytest.raises(UserError, match="row 2 of .*empty caption"):
         ImageCaptions([tmp_path / r["image_path"] for r in rows[:2]], ["a seven", "  "])
+    for name in ("latin1.csv", "latin1.json"):  # a spreadsheet's default export on many systems
+        head = "image_path,caption\n" if name.endswith("csv") else '[{"image": "x.png", "caption": "'
+        (tmp_path / name).write_bytes(head.encode() + "café noir".encode("latin-1"))
+        with pytest.raises(UserError) as error:
+            read_pairs(tmp_path / name, "image_path")
+        assert str(error.value) == (
+            f"{tmp_path / name} is not UTF-8 text (byte 0xe9 at position {len(head) + 3}): save it as UTF-8 (a "
+            'spreadsheet\'s "CSV UTF-8"), or convert it, for example `iconv -f latin1 -t utf-8`.')
 
 
 def test_image_and_caption_counts_must_match(tmp_path):

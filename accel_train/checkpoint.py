@@ -44,6 +44,8 @@ class Progress:
     best_checkpoint: str | None = None
     bad_epochs: int = 0  # epochs since `monitor` last improved by min_delta (early stopping)
     history: list[dict] = field(default_factory=list)  # per-epoch train/val metrics
+    batch_size: int | None = None  # per device, as trained (a resume on other process counts keeps the global batch)
+    grad_accum: int | None = None
 
     def improved(self, value: float, mode: str, min_delta: float = 0.0) -> bool:
         if value != value:  # NaN never improves

@@ -15,7 +15,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from . import plan as plans
 from . import speed, tracking
 from .batch_size import fit_batch_size
-from .checkpoint import (Progress, StopRequest, load_meter, read_progress, resolve_resume,
+from .checkpoint import (Progress, StopRequest, read_progress, resolve_resume,
     truncate_metrics)
 from .config import TrainConfig
 from .data import TrainBatches, batches_per_process, dataset_labels, make_loader
@@ -34,6 +34,7 @@ from .preflight import check_monitor
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .recipes import EMA, for_run
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
+from .reshard import check_layout, load_meters
 from .run_lock import RunLock
 from .task import Task
 
@@ -88,21 +89,18 @@ def fit(
     threads_rule = set_threads(cfg.num_threads)[1]
     trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
-    lock, ok = RunLock(), False  # the main process holds the run folder until the run ends
-    try:
-        with StopRequest(cfg.stop_at_step) as stop:
-            run = _setup(accelerator=accelerator, cfg=cfg, trackers=trackers, stop=stop, notes=notes, options=options,
-                         threads_rule=threads_rule, model=model, train_data=train_data, eval_data=eval_data,
-                         task=(task or Task(loss, metrics)).for_run(dataset_labels(train_data)), optimizer=optimizer,
-                         scheduler=scheduler, collate_fn=collate_fn, ema=ema, mix=mix,
-                         lock=lock)
-            with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, work kept
-                stopped = train_epochs(run)
-                summary, ok = finish(run, started, stopped, processor), True
-            return summary
-    finally:
-        shutdown(accelerator)
-        lock.release(ok)  # a failed new run without a checkpoint leaves nothing that blocks the same command
+    with RunLock() as lock:  # the main process holds the run folder; a failed new run leaves nothing behind
+        try:
+            with StopRequest(cfg.stop_at_step) as stop:
+                task = (task or Task(loss, metrics)).for_run(dataset_labels(train_data))
+                run = _setup(accelerator=accelerator, cfg=cfg, trackers=trackers, stop=stop, notes=notes,
+                             options=options, threads_rule=threads_rule, model=model, train_data=train_data,
+                             eval_data=eval_data, task=task, optimizer=optimizer, scheduler=scheduler,
+                             collate_fn=collate_fn, ema=ema, mix=mix, lock=lock)
+                with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, work kept
+                    return finish(run, started, train_epochs(run), processor)
+        finally:
+            shutdown(accelerator)
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,
@@ -141,7 +139,8 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     meter = Meter(accelerator, task.make_metrics("train"))
     recipes.ema.attach(accelerator, model, optimizer)  # before resuming: the checkpoint holds the average
     logged = tracking.logged_steps(run_dir) if resume_from and accelerator.is_main_process else {}  # before truncation
-    progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir)
+    progress = Progress() if resume_from is None else _resume(accelerator, resume_from, meter, run_dir, cfg)
+    progress.batch_size, progress.grad_accum = cfg.batch_size, cfg.grad_accum  # the layout checkpoints record
     plan = plans.describe(accelerator, cfg, train_loader, eval_loader, steps, notes, model, threads_rule, speedups,
                           recipes.lines)
     with write_faults(run_dir, "writing the run folder"):  # config.yaml, plan.json, the trackers' files
@@ -228,14 +227,15 @@ def _prepare_run_dir(cfg: TrainConfig, lock: RunLock) -> tuple[Path, Path | None
     return run_dir, resume_from
 
 
-def _resume(accelerator, path: Path, meter: Meter, run_dir: Path) -> Progress:
+def _resume(accelerator, path: Path, meter: Meter, run_dir: Path, cfg: TrainConfig) -> Progress:
     progress = read_progress(path)
+    check_layout(progress, path, cfg.batch_size, cfg.grad_accum, accelerator.num_processes)  # may convert it
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # a size mismatch, a truncated file, a missing entry: all mean "cannot resume"
         raise UserError(f"cannot resume from {path}: it does not match this model or run, or it is damaged "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:300]}).") from None
-    load_meter(path, meter, accelerator.process_index)
+    load_meters(path, meter, accelerator.process_index, accelerator.num_processes)
     if accelerator.is_main_process:
         truncate_metrics(run_dir, progress.step)
     accelerator.wait_for_everyone()

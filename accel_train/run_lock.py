@@ -34,7 +34,8 @@ def cannot_create(run_dir: Path, error: OSError) -> UserError:
 
 
 class RunLock:
-    """The main process's claim on its run folder (see the module docstring). Does nothing until `acquire`."""
+    """The main process's claim on its run folder (see the module docstring). Does nothing until `acquire`; as a
+    context manager it lets go when the run ends, as a failure when it ends with an exception."""
 
     def __init__(self) -> None:
         self.fd: int | None = None
@@ -68,6 +69,12 @@ class RunLock:
         except OSError as error:
             raise cannot_create(run_dir, error) from None
         self.fd, self.run_dir = fd, run_dir
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.release(ok=kind is None)
 
     def release(self, ok: bool = True) -> None:
         """Let go of the folder; after a failed new run without a complete checkpoint, remove what it wrote."""

@@ -34,6 +34,7 @@ class Options:
     slow: float = 0.0  # seconds of sleep per micro-batch (gives a signal time to arrive mid-epoch)
     data: str | None = None  # a torch.save'd (images, labels) file instead of loading scikit-learn's digits
     start_when: str | None = None
+    dropout: float = 0.3
     fill_disk_at_batch: int | None = None
     fill_file: str | None = None  # the file that fills the disk (on the run folder's filesystem)
 
@@ -83,7 +84,7 @@ def fill_disk(path: str) -> None:
 def build(opts: Options, grad_accum: int):
     images, labels = torch.load(opts.data, weights_only=True) if opts.data else load_digits_tensors()
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(), nn.Linear(512, 10))
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Dropout(opts.dropout), nn.Flatten(), nn.Linear(512, 10))
     data = TensorDataset(images[: opts.samples], labels[: opts.samples])
     val = TensorDataset(images[1500:1600], labels[1500:1600])
     return Injector(net, opts, grad_accum), data, val

@@ -83,8 +83,7 @@ def fit(
         UserError: a problem in the configuration, data, model or launch, with the fix in the message. Scripts
             print it as one line with `accel_train.errors.exit_on_user_error`.
     """
-    cfg = config or TrainConfig()
-    started = time.perf_counter()
+    cfg, started = config or TrainConfig(), time.perf_counter()
     quiet_libraries(cfg.verbose)
     threads_rule = set_threads(cfg.num_threads)[1]
     trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
@@ -97,10 +96,14 @@ def fit(
                              options=options, threads_rule=threads_rule, model=model, train_data=train_data,
                              eval_data=eval_data, task=task, optimizer=optimizer, scheduler=scheduler,
                              collate_fn=collate_fn, ema=ema, mix=mix, lock=lock)
-                with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, work kept
-                    return finish(run, started, train_epochs(run), processor)
+                return _train(run, started, processor)
         finally:
             shutdown(accelerator)
+
+
+def _train(run: Run, started: float, processor) -> dict[str, Any]:
+    with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, the work kept
+        return finish(run, started, train_epochs(run), processor)
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,
@@ -229,12 +232,12 @@ def _prepare_run_dir(cfg: TrainConfig, lock: RunLock) -> tuple[Path, Path | None
 
 def _resume(accelerator, path: Path, meter: Meter, run_dir: Path, cfg: TrainConfig) -> Progress:
     progress = read_progress(path)
-    check_layout(progress, path, cfg.batch_size, cfg.grad_accum, accelerator.num_processes)  # may convert it
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # a size mismatch, a truncated file, a missing entry: all mean "cannot resume"
         raise UserError(f"cannot resume from {path}: it does not match this model or run, or it is damaged "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:300]}).") from None
+    check_layout(progress, path, cfg.batch_size, cfg.grad_accum, accelerator.num_processes)  # may convert it
     load_meters(path, meter, accelerator.process_index, accelerator.num_processes)
     if accelerator.is_main_process:
         truncate_metrics(run_dir, progress.step)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from .errors import UserError, closest
-from .metrics import Accuracy, BatchMean, ClassReport, MeanError, MetricSet
+from .metrics import Accuracy, BatchMean, ClassReport, Confusion, MeanError, MetricSet
 
 
 def metric_names(metrics: MetricSet) -> set[str] | None:
     """The names `metrics.compute()` will return, with the loss; None when a custom metric makes them unknown."""
-    names = {"loss"}
+    names = {"loss", "samples"}
     for metric in metrics.metrics:
         if isinstance(metric, ClassReport):
             names.update(metric.names)
+        elif type(metric) is Confusion:  # the run folder's confusion matrix: no numbers
+            continue
         elif type(metric) in (Accuracy, MeanError, BatchMean):
             names.add(metric.name)
         else:

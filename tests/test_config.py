@@ -110,7 +110,8 @@ MISTAKES = [  # every config mistake and the one line it gets (the job file is e
     (["--job.chanels", "8"],
      "unknown config key `chanels`. Did you mean `channels`? Run with --help to list the valid keys."),
     (["--job.foo", "8"],
-     "unknown config key `foo`. Valid keys: val_fraction, channels. Run with --help to list the valid keys."),
+     "unknown config key `foo`. Valid keys: val_fraction, channels, batch_norm, dropout. Run with --help to list "
+     "the valid keys."),
     (["--learning-rate", "0.1"],  # another trainer's name
      "unknown config key `learning_rate`. Did you mean `lr`? Run with --help to list the valid keys."),
     (["--gradient-accumulation-steps", "2"],

@@ -181,11 +181,11 @@ def test_a_start_that_fails_leaves_nothing_behind(tmp_path, small_disk):
                    "Choose an --output-dir in a folder you can write to.")
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     out = tmp_path / "monitor"
-    _refused_first(tmp_path, out, "--monitor acuracy is not among the validation metrics (accuracy, loss). Did you "
-                   "mean `accuracy`? Set --monitor to one of them.", monitor="acuracy")
+    _refused_first(tmp_path, out, "--monitor acuracy is not among the validation metrics (accuracy, loss, samples). "
+                   "Did you mean `accuracy`? Set --monitor to one of them.", monitor="acuracy")
     assert not out.exists()
-    _refused_first(tmp_path, out, "--monitor val_loss is not among the validation metrics (accuracy, loss). Did "
-                   "you mean `loss`? Set --monitor to one of them.", monitor="val_loss")
+    _refused_first(tmp_path, out, "--monitor val_loss is not among the validation metrics (accuracy, loss, samples). "
+                   "Did you mean `loss`? Set --monitor to one of them.", monitor="val_loss")
     train, val = digits_splits(0.2, seed=0)
     fit(DigitsCNN(4), train, val, config=TrainConfig(output_dir=str(out), epochs=1, progress=False, monitor="loss"))
     assert read_summary(out)["monitor"] == "loss" and not (out / ".lock").exists()

@@ -86,8 +86,10 @@ def test_two_runs_started_at_once_8_times(tmp_path, digits_file, resume):
     race(tmp_path, digits_file, rounds=8, resume=resume)  # 20 rounds each passed too (10 min): too slow for CI
 
 
+@pytest.mark.slow
 def test_a_holder_killed_by_sigkill_is_taken_over(tmp_path, digits_file):
-    """SIGKILL leaves the lock file but the kernel drops the lock: --resume auto takes the folder over."""
+    """SIGKILL leaves the lock file but the kernel drops the lock: --resume auto takes the folder over (in
+    `make test`, test_resume's SIGKILL tests resume over such a stale lock file too)."""
     run = tmp_path / "run"
     killed = run_python([JOB, "--data", digits_file, *FAST, "--output-dir", str(run), "--kill-at-batch", "11"])
     held = (run / ".lock").read_text()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from accel_train import read_metrics, read_summary
+from accel_train import UserError, read_metrics, read_summary
 from support import SCRIPTS, check, launch, run_python
 
 JOB = str(SCRIPTS / "resume_job.py")
@@ -47,7 +47,8 @@ def uninterrupted(tmp_path_factory, digits_file) -> Path:
     return full
 
 
-@pytest.mark.parametrize(("before", "after"), [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
 def test_resume_on_another_process_count(tmp_path, digits_file, uninterrupted, before, after):
     run = tmp_path / "run"
     check(_run(digits_file, before, run, "--stop-at-step", "6"))  # mid-epoch 2: 2 of its 4 steps done
@@ -56,6 +57,7 @@ def test_resume_on_another_process_count(tmp_path, digits_file, uninterrupted, b
     _close(uninterrupted, run)
 
 
+@pytest.mark.slow
 def test_another_global_batch_is_refused(tmp_path, digits_file):
     run = tmp_path / "run"
     check(_run(digits_file, 1, run, "--stop-at-step", "3"))
@@ -77,3 +79,9 @@ def test_the_position_in_an_epoch_is_converted_through_samples(tmp_path):
     check_layout(progress, tmp_path, batch_size=16, grad_accum=4, processes=1)
     assert progress.batch_in_epoch == 8
     check_layout(Progress(batch_in_epoch=4, batch_size=16, grad_accum=2), tmp_path, 32, 2, 1)  # 128 / 32: 4
+    with pytest.raises(UserError) as error:  # 2 x 16 x 2 = 64 -> 1 x 16 x 2 = 32
+        check_layout(Progress(batch_size=16, grad_accum=2), tmp_path, 16, 2, 1)
+    assert str(error.value) == (
+        f"--resume {tmp_path}: the checkpoint trained with a global batch of 64 (16 per device x 2 process(es) x 2 "
+        "accumulation); this launch gives 32 (16 x 1 x 2), which would change the training. Keep 64: --batch-size "
+        "32 with --grad-accum 2.")

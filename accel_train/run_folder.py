@@ -98,4 +98,13 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise
+            # a last line cut short (a full disk, a kill mid-write) was never logged: resuming drops it
+    return rows

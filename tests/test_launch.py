@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from accel_train import TrainConfig, UserError
+from accel_train.cli import COMMANDS
 from support import CONFIGS, REPO, busy_core, check, launch, run_python
 
 MODES = ("cpu", "cpu_ddp", "single_gpu", "multi_gpu", "fp16", "bf16", "multi_node", "fsdp", "deepspeed")
@@ -73,8 +74,8 @@ def test_console_script_bad_key_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "Did you mean `batch_size`?" in proc.stderr
     proc = run_python(["-m", "accel_train", "trian", "--config", "job.yaml"])
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "accel_train: error: unknown command `trian`. Did you mean `train`? Commands: train, verify, diagnose, "
-        "plot, report, compare, launch (accel-train --help shows how to use them)."]
+        f"accel_train: error: unknown command `trian`. Did you mean `train`? Commands: {', '.join(COMMANDS)} "
+        "(accel-train --help shows how to use them)."]
     proc = run_python(["-m", "accel_train", "train", "--help"])
     assert proc.returncode == 0 and "  --grad-accum " in proc.stdout and "--job.*" in proc.stdout
 

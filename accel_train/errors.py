@@ -31,10 +31,17 @@ def closest(name: str, choices: Iterable[str]) -> str:
     return f" Did you mean `{match[0]}`?" if match else ""
 
 
+ERROR_FILE = "ACCEL_TRAIN_ERROR_FILE"  # set by `accel-train launch`: it prints the line again after the launcher
+
+
 def report(error: UserError) -> None:
     """Print the message once (rank 0 only under a launcher, so N processes do not repeat it)."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"accel_train: error: {error}", file=sys.stderr, flush=True)
+        line = f"accel_train: error: {error}"
+        print(line, file=sys.stderr, flush=True)
+        if os.environ.get(ERROR_FILE):
+            with open(os.environ[ERROR_FILE], "a") as handle:
+                handle.write(line.replace("\n", " ") + "\n")
 
 
 @contextlib.contextmanager

@@ -14,10 +14,12 @@ parent is killed outright, the launcher gets SIGTERM from the kernel (Linux: PR_
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -38,7 +40,15 @@ def main(argv: list[str]) -> int:
 
     command = (["torch.distributed.run", *argv[1:]] if argv[:1] == ["torchrun"]
                else ["accelerate.commands.launch", *argv])
-    launcher = subprocess.Popen([sys.executable, "-m", *command], start_new_session=True, preexec_fn=_die_with_parent)
+    import os
+    import tempfile
+
+    from .errors import ERROR_FILE
+
+    errors = Path(tempfile.mkdtemp(prefix="accel-train-launch-")) / "error"
+    env = {**os.environ, ERROR_FILE: str(errors)}
+    launcher = subprocess.Popen([sys.executable, "-m", *command], start_new_session=True, preexec_fn=_die_with_parent,
+                                env=env)
     asked: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum)) for sig in STOP_SIGNALS}
     stopped: set[int] = set()
@@ -64,4 +74,15 @@ def main(argv: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return launcher.returncode
+    return _last_word(launcher.returncode, errors)
+
+
+def _last_word(code: int, errors: Path) -> int:
+    """After a failed launch, our one line again, below the launcher's own report (its CalledProcessError
+    traceback or torch's ChildFailedError table, which cannot be turned off): exit status 2, as without a launcher."""
+    line = errors.read_text().splitlines()[0] if errors.is_file() else None
+    shutil.rmtree(errors.parent, ignore_errors=True)
+    if code != 0 and line:
+        print(line, file=sys.stderr, flush=True)
+        return 2
+    return code

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from .errors import EXIT_USER_ERROR, UserError, closest, report
@@ -49,50 +50,19 @@ def train(argv: list[str]) -> int:
     return 0
 
 
-def verify(argv: list[str]) -> int:
-    from .verify import main as verify_main
-
-    return verify_main(argv)
-
-
-def plot(argv: list[str]) -> int:
-    from .plots import main as plot_main
-
-    return plot_main(argv)
+# every other command is the `main(argv)` of its own module, imported only when it runs
+MODULES = {"verify": "verify", "diagnose": "diagnosis", "plot": "plots", "report": "report", "compare": "compare",
+           "lr-find": "lr_find", "launch": "launcher"}
 
 
-def report_run(argv: list[str]) -> int:
-    from .report import main as report_main
+def _module_main(module: str):
+    def run(argv: list[str]) -> int:
+        return importlib.import_module(f"{__package__}.{module}").main(argv)
 
-    return report_main(argv)
-
-
-def compare(argv: list[str]) -> int:
-    from .compare import main as compare_main
-
-    return compare_main(argv)
+    return run
 
 
-def diagnose(argv: list[str]) -> int:
-    from .diagnosis import main as diagnose_main
-
-    return diagnose_main(argv)
-
-
-def lr_find(argv: list[str]) -> int:
-    from .lr_find import main as lr_find_main
-
-    return lr_find_main(argv)
-
-
-def launch(argv: list[str]) -> int:
-    from .launcher import main as launch_main
-
-    return launch_main(argv)
-
-
-COMMANDS = {"train": train, "verify": verify, "diagnose": diagnose, "plot": plot, "report": report_run,
-            "compare": compare, "lr-find": lr_find, "launch": launch}
+COMMANDS = {"train": train, **{command: _module_main(module) for command, module in MODULES.items()}}
 
 
 def entry() -> None:

@@ -51,7 +51,8 @@ def epoch_panels(epochs: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for row in epochs:
         for key, value in row.items():
-            if key.count("/") == 1 and not key.endswith("/samples") and isinstance(value, (int, float)):
+            if (key.startswith(("train/", "val/")) and key.count("/") == 1 and not key.endswith("/samples")
+                    and isinstance(value, (int, float))):  # not the monitor's time/, sys/, perf/ figures
                 name = key.split("/", 1)[1]
                 if name not in names:
                     names.append(name)

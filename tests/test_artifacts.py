@@ -193,3 +193,11 @@ def test_folders_they_cannot_use_are_one_line(runs, tmp_path, capsys):
 def _copy(run: Path, to: Path) -> Path:
     shutil.copytree(run, to, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors", "plots", "report.html"))
     return to
+
+
+def test_epoch_panels_are_the_train_and_val_metrics_and_the_lr():
+    from accel_train.plots import epoch_panels
+
+    rows = [{"epoch": 1, "train/loss": 1.0, "val/loss": 1.1, "val/f1": 0.5, "val/samples": 360, "lr": 0.1,
+             "time/epoch_s": 0.2, "sys/cpu_percent": 97.0, "perf/epoch_data_wait": 0.01}]
+    assert epoch_panels(rows) == ["loss", "f1", "lr"]

@@ -26,6 +26,7 @@ from .errors import UserError
 from .internals import BACKGROUND_SAVES, captured_saves
 
 MARKER = "COMPLETE"
+NOT_RESUMABLE = "NO_OPTIMIZER"  # in a checkpoint whose optimizer state a finished run dropped (tidy.py)
 PROGRESS = "progress.json"
 
 
@@ -281,7 +282,7 @@ def resolve_resume(resume: str | None, run_dir: Path | None) -> Path | None:
 
 
 def _resumable(path: Path | None) -> Path | None:
-    if path is not None and (path / "NO_OPTIMIZER").exists():  # tidy.NOT_RESUMABLE
+    if path is not None and (path / NOT_RESUMABLE).exists():
         raise UserError(f"checkpoint {path} holds no optimizer state (the run ended with --save-optimizer false), "
                         "so it cannot be resumed exactly. Start a new run (a new --output-dir), or load its "
                         "model.safetensors as initial weights.")

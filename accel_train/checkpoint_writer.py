@@ -11,8 +11,9 @@ file; the main process's thread publishes when every rank's is there.
 One write is in flight at most: a new save, and the end of the run, wait for the previous one (`wait`). A SIGKILL
 during a background write leaves only the temporary folder, which resuming ignores.
 
-Measured on a 2-core CPU: a MiniLM classifier (22.7 M parameters, AdamW) checkpoint took ~300-800 ms inline in
-the loop and ~60-90 ms with this writer; the digits CNN (0.2 M) ~4.5 ms inline, ~2 ms here.
+Measured on a 2-core CPU shared with other jobs (tests/benchmarks/test_bench_checkpoint.py, median time a save
+keeps the loop): a MiniLM classifier (22.7 M parameters, AdamW) 611-690 ms inline, 174-345 ms with this writer
+(the host copy of weights and optimizer state); the digits CNN 68 ms inline, 7.8 ms here.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ class BackgroundWriter:
         _WRITERS.add(self)
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self.blocked_s = 0.0  # time the training loop spent waiting for a previous write to finish
 
     def start(self, work: Callable[[], None]) -> None:
         self.wait()
@@ -118,14 +118,9 @@ class BackgroundWriter:
         except BaseException as error:  # handed to the training thread by `wait`
             self.error = error
 
-    def busy(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
     def wait(self) -> None:
         if self.thread is not None:
-            tick = time.perf_counter()
             self.thread.join()
-            self.blocked_s += time.perf_counter() - tick
             self.thread = None
         error, self.error = self.error, None
         if error is not None:

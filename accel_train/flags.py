@@ -52,7 +52,7 @@ def sections(cls: type, prefix: str = "--") -> list[tuple[str, list[Flag]]]:
     """The fields of a dataclass as flags, grouped under the `# -- name ---` headers of its source."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
-    comments, order, current, grouped = {}, [], "options", {}
+    comments, current, grouped = {}, "options", {}
     for line in inspect.getsource(cls).splitlines():
         header = SECTION.match(line)
         if header:
@@ -61,17 +61,15 @@ def sections(cls: type, prefix: str = "--") -> list[tuple[str, list[Flag]]]:
         match = FIELD.match(line)
         if match and match.group(1) in fields and match.group(1) not in comments:
             comments[match.group(1)] = (match.group(2) or "").strip()
-            grouped.setdefault(current, []).append(match.group(1))
-            order.append(current) if current not in order else None
+            grouped.setdefault(current, []).append(match.group(1))  # sections in the order they first appear
     for name in fields:  # inherited fields the source above does not show
         if name not in comments:
             comments[name] = ""
             grouped.setdefault("options", []).append(name)
-            order.append("options") if "options" not in order else None
     result = []
-    for title in order:
+    for title, names in grouped.items():
         flags = []
-        for name in grouped[title]:
+        for name in names:
             text, choices = comments[name], _choices(hints.get(name))
             if choices and "one of" not in text:
                 text = f"one of {', '.join(choices)}" + (f"; {text}" if text else "")

@@ -14,9 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import MARKER, complete_checkpoints
-
-NOT_RESUMABLE = "NO_OPTIMIZER"  # a marker in a checkpoint whose optimizer state was dropped
+from .checkpoint import NOT_RESUMABLE, complete_checkpoints
 
 
 def share_weights(run_dir: Path) -> int:
@@ -92,6 +90,3 @@ def human(size: float) -> str:
         size /= 1000
     return f"{size:.1f} GB"
 
-
-def is_resumable(path: Path) -> bool:
-    return (path / MARKER).is_file() and not (path / NOT_RESUMABLE).exists()

@@ -23,7 +23,7 @@ from .epochs import Monitor, Run, finish, train_epochs
 from .errors import UserError
 from .faults import FaultCheckpointer, write_faults
 from .gradients import GradientWindow, NonFiniteGuard
-from .internals import skip_on_device, trim_optimizer_overhead
+from .internals import skip_on_device, trim_optimizer_overhead, trim_step_overhead
 from .job import Job
 from .launch import make_accelerator, set_threads, shutdown
 from .quiet import quiet_libraries
@@ -127,6 +127,7 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     optimizer = optimizer or build_optimizer(cfg, model, **speed.optimizer_kwargs(cfg, device))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     trim_optimizer_overhead(optimizer)
+    trim_step_overhead(accelerator, model)
     guard = NonFiniteGuard(cfg.nonfinite, stop)
     if (arm := skip_on_device(optimizer)) is not None:
         guard.defer_to(arm)  # no host read per step: the fused optimizer skips a non-finite update on the device

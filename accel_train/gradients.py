@@ -83,8 +83,8 @@ class NonFiniteGuard:
             schedule()
 
     def add(self, loss: torch.Tensor) -> None:
-        if self.policy != "off":
-            self.loss_sum = self.loss_sum + loss.detach()
+        if self.policy != "off":  # the window's first micro-batch: no addition
+            self.loss_sum = loss.detach() if isinstance(self.loss_sum, float) else self.loss_sum + loss.detach()
 
     def local_flags(self, device) -> list[torch.Tensor]:
         """This process's "my loss is not finite" and "I was asked to stop", to be added up over processes."""

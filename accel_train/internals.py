@@ -10,11 +10,13 @@ tests/test_internals.py fails naming this module and the item when an upgrade re
     scale_tensors_           torch._foreach_mul_
     skip_on_device           optimizer.found_inf, read by torch's fused SGD/Adam/AdamW kernels (GradScaler's path)
     trim_optimizer_overhead  AcceleratedOptimizer's step/zero_grad and its gradient_state, accelerator_state, scaler
+    trim_step_overhead       what Accelerator.backward and clip_grad_norm_ do in the plain case
     fused_devices            torch.utils._foreach_utils._get_fused_kernels_supported_devices
     captured_saves           save_state writes weights, optimizers, schedulers and registered objects through
                              accelerate.checkpointing.save (and only those)
 
-Set ACCEL_TRAIN_PATCH_ACCELERATE=0 to train with Accelerate's own optimizer wrapper (bitwise the same, slower).
+Set ACCEL_TRAIN_PATCH_ACCELERATE=0 to train with Accelerate's own optimizer wrapper, backward and clipping (bitwise
+the same, slower).
 """
 
 from __future__ import annotations
@@ -103,6 +105,33 @@ def trim_optimizer_overhead(optimizer) -> None:
              and optimizer.accelerator_state.distributed_type != DistributedType.XLA and not is_lomo_available())
     if PATCH_ACCELERATE and plain and "set_to_none" in inspect.signature(optimizer.optimizer.zero_grad).parameters:
         optimizer.__class__ = _LeanAcceleratedOptimizer
+
+
+def _backward(loss: torch.Tensor, **kwargs) -> None:
+    loss.backward(**kwargs)
+
+
+def trim_step_overhead(accelerator, model) -> None:
+    """In the plain case (one process or DDP, no grad scaler, no DTensor parameters, no LOMO optimizer), the
+    accelerator's `backward` and `clip_grad_norm_` become torch's own calls, bitwise the same.
+
+    There Accelerate's `backward` divides the loss by the accumulation steps, an extra op and autograd node per
+    micro-batch that is a division by 1 without accumulation (so only then is it skipped), and `clip_grad_norm_`
+    parses torch's version and sorts the parameters by DTensor mesh on every call, before calling torch's
+    `clip_grad_norm_`: 6 us per call over torch's 45 us, measured alone on the digits CNN on a 2-core CPU.
+    """
+    from accelerate.utils import is_lomo_available
+
+    plain = (accelerator.scaler is None and not is_lomo_available() and accelerator.distributed_type in (
+        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU))
+    if not (PATCH_ACCELERATE and plain):
+        return
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        accelerator.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_
+    if accelerator.gradient_accumulation_steps == 1:
+        accelerator.backward = _backward
 
 
 def fused_devices() -> list[str]:

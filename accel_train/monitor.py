@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import time
 from typing import Any
@@ -31,9 +33,15 @@ def memory(device: torch.device) -> dict[str, float]:
     """Peak GPU memory allocated by this process, or its resident memory (psutil) on the CPU."""
     if device.type == "cuda":
         return {"perf/peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / MB}
+    return {"perf/rss_mb": _process(os.getpid()).memory_info().rss / MB}
+
+
+@functools.cache
+def _process(pid: int):
+    """psutil's handle on this process, made once (making one costs more than reading its memory)."""
     import psutil
 
-    return {"perf/rss_mb": psutil.Process().memory_info().rss / MB}
+    return psutil.Process(pid)
 
 
 def verdict(data_wait: float | None, num_workers: int) -> str | None:

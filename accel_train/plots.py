@@ -23,15 +23,20 @@ from .errors import UserError
 from .run_view import RunView, open_run, writable_folder
 
 SKIP = ("step", "epoch", "kind")
+MONITOR = ("perf/", "sys/", "time/")  # the monitor's figures: in metrics.jsonl and the trackers, not in the plots
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def _figure(panels: int, width: float = 4.2, height: float = 3.0):
+def _figure(panels: int, width: float = 4.2, height: float = 3.0, left: float = 0.75, bottom: float = 0.5):
     from matplotlib.figure import Figure
 
     cols = min(panels, 3)
     rows = math.ceil(panels / cols)
-    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    figure = Figure(figsize=(width * cols, height * rows))
+    # Fixed margins (in inches, for tick labels, titles and axis labels) instead of layout="constrained": the
+    # constrained layout solver doubled the time to draw a run's three figures (0.56 s against 0.30 s, measured).
+    figure.subplots_adjust(left=left / (width * cols), right=1 - 0.15 / (width * cols),
+                           bottom=bottom / (height * rows), top=1 - 0.3 / (height * rows), wspace=0.3, hspace=0.45)
     axes = [figure.add_subplot(rows, cols, i + 1) for i in range(panels)]
     return figure, axes
 
@@ -61,13 +66,15 @@ def epoch_panels(epochs: list[dict[str, Any]]) -> list[str]:
 
 
 def step_panels(steps: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """The per-step panels: each logged number its own, except keys sharing a prefix (lr/0, lr/1) share one."""
+    """The per-step panels: each logged number its own, except keys sharing a prefix (the LR of every parameter
+    group: lr, lr_group_1, ...) share one; the monitor's speed and memory figures are left out."""
     panels: dict[str, list[str]] = {}
     for row in steps:
         for key, value in row.items():
-            if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if key in SKIP or key.startswith(MONITOR) or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             panel = key if key.startswith(("train/", "val/")) else key.split("/", 1)[0]
+            panel = "lr" if panel.startswith("lr_group_") else panel
             if key not in panels.setdefault(panel, []):
                 panels[panel].append(key)
     return panels
@@ -127,7 +134,8 @@ def confusion_figure(record: dict[str, Any]):
     """The confusion matrix of one epoch's per-class record (rows: true class, columns: predicted)."""
     counts, names = record["confusion"], record["classes"]
     size = max(4.0, 0.45 * len(names) + 2)
-    figure, (axis,) = _figure(1, size + 1, size)
+    longest = max((len(str(name)) for name in names), default=1)  # tick labels at 8 pt: about 0.07 inch a letter
+    figure, (axis,) = _figure(1, size + 1, size, left=0.45 + 0.07 * longest, bottom=0.4 + 0.05 * longest)
     image = axis.imshow(counts, cmap="Blues")
     figure.colorbar(image, ax=axis, shrink=0.8)
     ticks = range(len(names))

@@ -31,23 +31,31 @@ def test_no_other_module_uses_a_private_api():
                 raise AssertionError(f"{path.relative_to(REPO)}:{node.lineno} uses {node.attr}: move it to internals")
 
 
-def test_the_lean_optimizer_is_used_and_changes_no_bit(tmp_path, monkeypatch, cifar_copy, one_thread):
+def test_the_lean_step_is_used_and_changes_no_bit(tmp_path, monkeypatch, cifar_copy, one_thread):
     """The golden digits job with the patch on and off: the same losses and weights, bit for bit."""
     from golden.jobs import path, run
 
-    seen = []
-    original = internals.trim_optimizer_overhead
-    monkeypatch.setattr(importlib.import_module("accel_train.fit"), "trim_optimizer_overhead",
+    import torch
+
+    seen, calls = [], []
+    original, original_step = internals.trim_optimizer_overhead, internals.trim_step_overhead
+    fit_module = importlib.import_module("accel_train.fit")
+    monkeypatch.setattr(fit_module, "trim_optimizer_overhead",
                         lambda optimizer: (original(optimizer), seen.append(type(optimizer).__name__)))
+    lean = lambda acc: (acc.backward is internals._backward, acc.clip_grad_norm_ is torch.nn.utils.clip_grad_norm_)  # noqa: E731
+    monkeypatch.setattr(fit_module, "trim_step_overhead",
+                        lambda accelerator, model: (original_step(accelerator, model), calls.append(lean(accelerator))))
     patched = run("digits", cifar_copy, tmp_path / "on")
     monkeypatch.setattr(internals, "PATCH_ACCELERATE", False)
     plain = run("digits", cifar_copy, tmp_path / "off")
     assert seen == ["_LeanAcceleratedOptimizer", "AcceleratedOptimizer"]
+    assert calls == [(True, True), (False, False)]  # torch's own backward and clipping, then Accelerate's
     golden = json.loads(path("digits").read_text())
     assert patched == plain
     assert patched["losses"] == golden["losses"] and patched["weights_sha256"] == golden["weights_sha256"]
 
 
-@pytest.mark.parametrize("name", ["gradient_divisor", "scale_tensors_", "original_forward", "mark_prepared"])
+@pytest.mark.parametrize("name", ["gradient_divisor", "scale_tensors_", "original_forward", "mark_prepared",
+                                  "trim_step_overhead"])
 def test_internals_are_documented_in_the_module_docstring(name):
     assert name in internals.__doc__

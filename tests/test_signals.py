@@ -79,3 +79,33 @@ def test_sigterm_to_accel_train_launch_stops_two_processes_cleanly(tmp_path, dig
 def test_sigterm_under_every_launcher(tmp_path, digits_file, launcher, to_children):
     run = _stop_mid_run(tmp_path, digits_file, launcher, to_children)
     _resume(run, digits_file, LAUNCHERS[launcher][1])
+
+
+@pytest.mark.slow
+def test_sigterm_to_both_machines_stops_them_cleanly_and_resumes(tmp_path, digits_file):
+    """Two machines (multi_node.yaml, 1 process each, over loopback), SIGTERM to each machine's launcher as a
+    scheduler sends it: both processes checkpoint at the same step, both launchers exit 0 without a traceback,
+    machine 0 prints the resume line; the resumed run finishes the 20 steps."""
+    run, port = tmp_path / "run", str(free_port())
+    cmd = lambda rank: [sys.executable, "-m", "accel_train", "launch", "--config_file",  # noqa: E731
+                        str(CONFIGS / "multi_node.yaml"), "--machine_rank", str(rank), "--main_process_ip",
+                        "127.0.0.1", "--main_process_port", port, JOB, "--data", digits_file, "--output-dir", str(run),
+                        "--slow", "0.05", "--num-threads", "1"]
+    machines = [subprocess.Popen(cmd(rank), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=clean_env(), cwd=REPO) for rank in (0, 1)]
+    deadline = time.time() + 180
+    while time.time() < deadline and not (
+            (run / "metrics.jsonl").exists() and any(r["step"] >= 6 for r in read_metrics(run))):
+        time.sleep(0.05)
+    for machine in machines:
+        machine.send_signal(signal.SIGTERM)
+    results = [machine.communicate(timeout=180) for machine in machines]
+    for machine, (out, err) in zip(machines, results):
+        assert machine.returncode == 0, err[-4000:]
+        assert "Traceback" not in err and "Logging error" not in err, err[-4000:]
+    steps = read_summary(run)["steps"]
+    assert read_summary(run)["stopped"] == "SIGTERM" and 6 <= steps < 20
+    assert [line for line in results[0][0].splitlines() if line.startswith("stopped by SIGTERM")] == [
+        f"stopped by SIGTERM after step {steps}: checkpoint {run}/checkpoints/step_{steps:07d}. "
+        f"Resume with --resume auto --output-dir {run}"]
+    _resume(run, digits_file, 2)

@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from accel_train import TrainConfig, fit
+from accel_train import TrainConfig, exit_on_user_error, fit
 
 digits = load_digits()  # 1,797 real 8x8 images of handwritten digits, shipped with scikit-learn
 images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
@@ -22,5 +22,6 @@ model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), n
 optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
 
 if __name__ == "__main__":
-    summary = fit(model, train_data, eval_data, loss="cross_entropy", metrics=["accuracy"], optimizer=optimizer,
-                  config=TrainConfig(name="readme", epochs=8, batch_size=32))
+    with exit_on_user_error():  # a mistake in the config, data or model: one line and exit status 2
+        summary = fit(model, train_data, eval_data, loss="cross_entropy", metrics=["accuracy"], optimizer=optimizer,
+                      config=TrainConfig(name="readme", epochs=8, batch_size=32))

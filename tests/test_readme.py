@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 
 from accel_train import TrainConfig
-from support import REPO
+from support import REPO, clean_env
 
 README = (REPO / "README.md").read_text()
 
@@ -51,3 +53,13 @@ def test_readme_names_every_launch_config_and_example():
     for job in (REPO / "examples" / "configs").glob("*.yaml"):
         assert f"examples/configs/{job.name}" in README, job.name
     assert "make demo" in README and "make test" in README
+
+
+def test_a_mistake_in_the_readme_script_is_one_line(tmp_path):
+    """The script as a user edits it: a config built before fit with batch size 0 prints one line, exit 2."""
+    script = (REPO / "examples" / "train.py").read_text().replace("batch_size=32", "batch_size=0")
+    (tmp_path / "train.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp_path / "train.py")], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=clean_env())
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "accel_train: error: batch_size must be at least 1 (got 0). Set --batch-size to 1 or more.\n"

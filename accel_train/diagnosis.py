@@ -232,6 +232,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="accel-train diagnose", add_help=False)
     parser.add_argument("--overfit-steps", "--overfit_steps", type=int, default=50)
     known, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print("accel-train diagnose: one batch of the job checked before training, nothing written; exit 1 on a "
+              "FAIL.\n  --overfit-steps N  steps of the overfit-one-batch check (default 50); and the job's keys:")
     if known.overfit_steps < 1:
         raise UserError(f"--overfit-steps must be at least 1 (got {known.overfit_steps}).")
     cfg, job = parse_config(rest, options=Job)

@@ -136,3 +136,14 @@ def test_schedule_and_overfitting(digits):
     found = diagnose(_net(), digits, config=TrainConfig(batch_size=32, lr=1e-7), overfit_steps=10)
     assert found["overfit"].verdict == "fail" and not found.healthy
     assert found["overfit"].detail.startswith("one batch of 16 for 10 steps: loss ")
+
+
+def test_diagnose_help_names_its_own_flag_first(capsys):
+    from accel_train.diagnosis import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "accel-train diagnose: one batch of the job checked before training, nothing written; exit 1 on a FAIL.",
+        "  --overfit-steps N  steps of the overfit-one-batch check (default 50); and the job's keys:"]

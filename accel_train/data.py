@@ -33,7 +33,7 @@ def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, n
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, ProcessShard):
-        return _shard_loader(data, batch_size, collate_fn, num_workers, pin_memory)
+        return _shard_loader(data, batch_size, collate_fn, num_workers, pin_memory, seed)
     if data is None or not (isinstance(data, (Dataset, IterableDataset)) or _is_hf_dataset(data)
                             or hasattr(data, "__getitem__")):
         raise UserError(f"the {split} data must be a torch Dataset, a datasets.Dataset or a DataLoader, "
@@ -50,7 +50,9 @@ def make_loader(data: Any, *, batch_size: int, shuffle: bool, collate_fn=None, n
         collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,  # workers live across epochs: no start-up cost per epoch
+        # workers live across epochs (no start-up cost per epoch), except a stream's: they would keep the copy of the
+        # stream they started with, deaf to `set_epoch`, and every epoch would repeat the first one's order
+        persistent_workers=num_workers > 0 and not iterable,
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -74,6 +76,7 @@ class TrainBatches:
 
     def __init__(self, loader, accelerator, seed: int = 0):
         self.loader, self.accelerator, self.seed = loader, accelerator, seed
+        _keep_global_rng(loader)
         self.current = loader
         self.position = 0  # micro-batches of the current epoch handed out so far, on this process
         self.wait_s = 0.0  # seconds spent waiting for the next batch, over the run
@@ -116,6 +119,15 @@ class TrainBatches:
                 yield batch, max(0, min(self.per_process, self.remainder - rank * self.per_process))
             else:
                 yield batch, None
+
+
+def _keep_global_rng(loader) -> None:
+    """Give a prepared stream's loader its own generator where Accelerate dropped it (a stream that the main process
+    reads and sends out): starting each iterator would otherwise draw from the global RNG, which dropout uses, and a
+    run resumed mid-epoch (a new iterator where the uninterrupted run had none) would drift from there on."""
+    if (getattr(loader, "generator", None) is None and hasattr(loader, "base_dataloader")
+            and isinstance(loader.dataset, IterableDataset)):
+        loader.base_dataloader.generator = torch.Generator()  # seeded per epoch by `start_epoch`
 
 
 def dataset_labels(data: Any) -> torch.Tensor | None:
@@ -173,14 +185,15 @@ class ProcessShard(IterableDataset):
                 self.dataset.set_epoch(epoch)
 
 
-def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int, pin_memory: bool) -> DataLoader:
+def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int, pin_memory: bool,
+                  seed: int) -> DataLoader:
     """A loader over this process's own shard, prepared by Accelerate as for one process (batches moved to the
     device, nothing split) and marked as prepared, so that `accelerator.prepare` leaves it as it is."""
     from accelerate.data_loader import prepare_data_loader
     from accelerate.state import PartialState
 
     loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     loader = prepare_data_loader(loader, PartialState().device, num_processes=1, process_index=0,
                                  put_on_device=True, dispatch_batches=False)
     mark_prepared(loader)

@@ -26,12 +26,13 @@ def _train(root: Path, name: str, stream: str, *flags: str, ddp: bool = False) -
     return root / name
 
 
-def _stopped_and_resumed(root: Path, stream: str, *flags: str, ddp: bool = False) -> tuple[Path, Path, tuple]:
-    """The uninterrupted run; a run stopped at step STOP (a checkpoint, as on SIGTERM) then resumed; and the
+def _stopped_and_resumed(root: Path, stream: str, *flags: str, ddp: bool = False,
+                         stop: int = STOP) -> tuple[Path, Path, tuple]:
+    """The uninterrupted run; a run stopped at step `stop` (a checkpoint, as on SIGTERM) then resumed; and the
     (epoch, batch in epoch) that the checkpoint resumed from."""
     full = _train(root, "full", stream, *flags, ddp=ddp)
-    resumed = _train(root, "resumed", stream, "--stop-at-step", str(STOP), *flags, ddp=ddp)
-    progress = json.loads((resumed / "checkpoints" / f"step_{STOP:07d}" / "progress.json").read_text())
+    resumed = _train(root, "resumed", stream, "--stop-at-step", str(stop), *flags, ddp=ddp)
+    progress = json.loads((resumed / "checkpoints" / f"step_{stop:07d}" / "progress.json").read_text())
     _train(root, "resumed", stream, "--resume", "auto", *flags, ddp=ddp)
     return full, resumed, (progress["epoch"], progress["batch_in_epoch"])
 
@@ -84,15 +85,18 @@ def test_stream_loader_never_draws_from_the_global_rng(kind):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_ddp_process_shards_resumed_mid_epoch_equal_uninterrupted(tmp_path):
-    """Each of 2 processes reads its own repeating part of the stream (`split_dataset_by_node`): after a stop at
-    step 7 (14 micro-batches into the one endless epoch) and a resume, every process trains the same samples as
-    in the uninterrupted run, and the weights agree."""
+@pytest.mark.parametrize("stream, stop, position, batches", [
+    ("shard", STOP, (0, 14), 24),  # each process reads its own repeating part: 14 micro-batches into one endless epoch
+    pytest.param("hf", 3, (1, 2), 18, marks=pytest.mark.slow)])  # the main process reads, Accelerate sends batches
+def test_ddp_stream_resumed_mid_epoch_equals_uninterrupted(tmp_path, stream, stop, position, batches):
+    """2 processes: per-process shards of the stream (`split_dataset_by_node` in a `ProcessShard`), or one stream
+    that Accelerate's dispatcher splits. After a mid-epoch stop and a resume, every process trains the same samples
+    as in the uninterrupted run, and the logged values and weights agree within 1e-6."""
     pytest.importorskip("datasets")
-    full, resumed, position = _stopped_and_resumed(tmp_path, "shard", ddp=True)
-    assert position == (0, 14)
+    full, resumed, resumed_at = _stopped_and_resumed(tmp_path, stream, ddp=True, stop=stop)
+    assert resumed_at == position
     for rank in (0, 1):
-        assert len(_ids(full, rank)) == 24 and _ids(resumed, rank) == _ids(full, rank), rank
+        assert len(_ids(full, rank)) == batches and _ids(resumed, rank) == _ids(full, rank), rank
     assert set(sum(_ids(full, 0)[:3], [])).isdisjoint(sum(_ids(full, 1)[:3], [])), "the processes read apart"
     rows_a, rows_b = _logged(full), _logged(resumed)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]

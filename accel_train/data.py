@@ -157,7 +157,8 @@ class ProcessShard(IterableDataset):
     fails on batches padded to different lengths); a shard is only moved to the device. Processes may hold
     different numbers of samples, so a training shard repeats (`repeat=True`, train with --max-steps: every
     process then takes the same number of steps), and `evaluate` adds up the processes' sums once at the end
-    instead of gathering every batch.
+    instead of gathering every batch. A run resumed mid-stream reads the shard again from its start and skips what
+    was trained, which is exact when each pass's order depends only on its epoch (`set_epoch`).
     """
 
     def __init__(self, dataset: Any, repeat: bool = False):

@@ -72,12 +72,13 @@ def test_stream_resumed_mid_epoch_trains_exactly_the_samples_left(tmp_path, stre
 @pytest.mark.parametrize("kind", ["dispatched", "shard"])
 def test_stream_loader_never_draws_from_the_global_rng(kind):
     """Starting a stream's iterator (as a resumed run does mid-epoch) leaves the RNG that dropout uses as it was."""
-    from accelerate import Accelerator
+    from accel_train import TrainConfig
     from accel_train.data import ProcessShard, TrainBatches, make_loader
+    from accel_train.launch import make_accelerator
     from stream_job import TorchStream
 
+    accelerator = make_accelerator(TrainConfig())[0]  # as fit builds it
     data = TorchStream() if kind == "dispatched" else ProcessShard(TorchStream(), repeat=True)
-    accelerator = Accelerator(cpu=True)
     batches = TrainBatches(accelerator.prepare(make_loader(data, batch_size=4, shuffle=True)), accelerator)
     batches.start_epoch(0, skip=1)
     before = torch.get_rng_state()

@@ -4,6 +4,7 @@ dataset, or a ready DataLoader. Accelerate shards them across processes when the
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -170,20 +171,24 @@ class ProcessShard(IterableDataset):
             self.dataset.set_epoch(epoch)
 
     def __iter__(self):
-        epoch = self.epoch
+        epoch, dataset, worker = self.epoch, self.dataset, torch.utils.data.get_worker_info()
+        if worker is not None and self.repeat:
+            # DataLoader workers share a `datasets` stream's epoch (in shared memory): one worker starting its next
+            # pass would reshuffle the others' (in an order that depends on timing); each counts its own passes
+            dataset = copy.deepcopy(dataset)
         while True:
             empty = True
-            for sample in self.dataset:
+            for sample in dataset:
                 empty = False
                 yield sample
-            if empty and self.repeat and torch.utils.data.get_worker_info() is None:
+            if empty and self.repeat and worker is None:
                 raise UserError("this process's part of the training stream is empty: use fewer processes, or a "
                                 "stream with at least as many examples (or files) as processes.")
             if empty or not self.repeat:
                 return
             epoch += 1  # the next pass over the shard is shuffled anew
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
 
 
 def _shard_loader(data: ProcessShard, batch_size: int, collate_fn, num_workers: int, pin_memory: bool,

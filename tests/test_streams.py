@@ -86,15 +86,17 @@ def test_stream_loader_never_draws_from_the_global_rng(kind):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("stream, stop, position, batches", [
-    ("shard", STOP, (0, 14), 24),  # each process reads its own repeating part: 14 micro-batches into one endless epoch
-    pytest.param("hf", 3, (1, 2), 18, marks=pytest.mark.slow)])  # the main process reads, Accelerate sends batches
-def test_ddp_stream_resumed_mid_epoch_equals_uninterrupted(tmp_path, stream, stop, position, batches):
+@pytest.mark.parametrize("stream, workers, stop, position, batches", [
+    ("shard", 0, STOP, (0, 14), 24),  # each process reads its own repeating part: 14 batches into one endless epoch
+    pytest.param("shard", 2, STOP, (0, 14), 24, marks=pytest.mark.slow),  # each worker repeats its own part
+    pytest.param("hf", 0, 3, (1, 2), 18, marks=pytest.mark.slow)])  # the main process reads, Accelerate sends out
+def test_ddp_stream_resumed_mid_epoch_equals_uninterrupted(tmp_path, stream, workers, stop, position, batches):
     """2 processes: per-process shards of the stream (`split_dataset_by_node` in a `ProcessShard`), or one stream
     that Accelerate's dispatcher splits. After a mid-epoch stop and a resume, every process trains the same samples
     as in the uninterrupted run, and the logged values and weights agree within 1e-6."""
     pytest.importorskip("datasets")
-    full, resumed, resumed_at = _stopped_and_resumed(tmp_path, stream, ddp=True, stop=stop)
+    full, resumed, resumed_at = _stopped_and_resumed(tmp_path, stream, "--num-workers", str(workers), ddp=True,
+                                                     stop=stop)
     assert resumed_at == position
     for rank in (0, 1):
         assert len(_ids(full, rank)) == batches and _ids(resumed, rank) == _ids(full, rank), rank

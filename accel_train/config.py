@@ -106,6 +106,7 @@ class TrainConfig:
     min_delta: float = 0.0  # improvement of `monitor` that resets early stopping
     restore_best: bool = False  # end with the best checkpoint's weights: model.safetensors is then the best
     nonfinite: Literal["skip", "stop", "off"] = "skip"  # NaN/inf loss or gradient norm: skip that step, or stop
+    peer_timeout: float = 60.0  # several processes: a peer silent this many seconds ends the run with one line; 0: off
 
     # -- validation, best checkpoint and logging ---------------------------------------------------------------------
     monitor: str | None = None  # validation metric picking the best checkpoint; default: the first metric, else loss

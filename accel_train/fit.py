@@ -31,6 +31,7 @@ from .logs import StepLog
 from .metrics import Meter
 from .monitor import Performance
 from .preflight import check_monitor
+from .peers import Peers
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
 from .recipes import EMA, for_run
 from .run_folder import JsonlTracker, check_run_dir, default_run_dir, write_config
@@ -88,7 +89,9 @@ def fit(
     threads_rule = set_threads(cfg.num_threads)[1]
     trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
-    with RunLock() as lock:  # the main process holds the run folder; a failed new run leaves nothing behind
+    # several processes: a lost machine ends the run with one line (peers.py); the main process holds the run
+    # folder, and a failed new run leaves nothing behind
+    with Peers(accelerator, cfg.peer_timeout), RunLock() as lock:
         try:
             with StopRequest(cfg.stop_at_step) as stop:
                 task = (task or Task(loss, metrics)).for_run(dataset_labels(train_data))

@@ -38,8 +38,8 @@ def main(argv: list[str]) -> int:
     """Run `accelerate launch argv` and return its exit status (0 after a clean stop on a signal)."""
     import psutil
 
-    command = (["torch.distributed.run", *argv[1:]] if argv[:1] == ["torchrun"]
-               else ["accelerate.commands.launch", *argv])
+    command = (["accel_train.launcher", "torch.distributed.run", *argv[1:]] if argv[:1] == ["torchrun"]
+               else ["accel_train.launcher", "accelerate.commands.launch", *argv])
     import os
     import tempfile
 
@@ -77,6 +77,25 @@ def main(argv: list[str]) -> int:
     return _last_word(launcher.returncode, errors)
 
 
+def _run_launcher(module: str, argv: list[str]) -> None:
+    """In the launcher's process: run `module` (accelerate's launcher or torchrun) as its own command would. When
+    it fails after a training process recorded our one line, it exits 1 without its traceback (the line says what
+    happened; `main` prints it last)."""
+    import os
+    import runpy
+
+    from .errors import ERROR_FILE
+
+    sys.argv = [module, *argv]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except Exception:
+        recorded = os.environ.get(ERROR_FILE, "")
+        if recorded and os.path.isfile(recorded) and os.path.getsize(recorded):
+            sys.exit(1)
+        raise
+
+
 def _last_word(code: int, errors: Path) -> int:
     """After a failed launch, our one line again, below the launcher's own report (its CalledProcessError
     traceback or torch's ChildFailedError table, which cannot be turned off): exit status 2, as without a launcher."""
@@ -86,3 +105,7 @@ def _last_word(code: int, errors: Path) -> int:
         print(line, file=sys.stderr, flush=True)
         return 2
     return code
+
+
+if __name__ == "__main__":
+    _run_launcher(sys.argv[1], sys.argv[2:])

@@ -91,7 +91,7 @@ def fit(
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
     # several processes: a lost machine ends the run with one line (peers.py); the main process holds the run
     # folder, and a failed new run leaves nothing behind
-    with Peers(accelerator, cfg.peer_timeout), RunLock() as lock:
+    with Peers(accelerator, cfg.peer_timeout, cfg.output_dir), RunLock() as lock:
         try:
             with StopRequest(cfg.stop_at_step) as stop:
                 task = (task or Task(loss, metrics)).for_run(dataset_labels(train_data))

@@ -40,10 +40,10 @@ _generation = [0]  # fit() calls in this process: each one's keys are its own
 class Peers:
     """The heartbeat of this process (inactive with one process); a context manager around the run."""
 
-    def __init__(self, accelerator=None, timeout: float = 0.0):
+    def __init__(self, accelerator=None, timeout: float = 0.0, run_dir: str | None = None):
         self.active = accelerator is not None and accelerator.num_processes > 1 and timeout > 0 \
             and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
-        self.accelerator, self.timeout = accelerator, timeout
+        self.accelerator, self.timeout, self.run_dir = accelerator, timeout, run_dir
         self.stopped = threading.Event()
         self.hosts: dict[int, str] = {}  # rank -> "machine M (address)", read once at start
         if not self.active:
@@ -126,7 +126,7 @@ class Peers:
     def _line(self, what: str) -> str:
         from .checkpoint import Checkpointer, read_progress
 
-        project = self.accelerator.project_configuration.project_dir
+        project = self.accelerator.project_configuration.project_dir or self.run_dir  # set once the run starts
         run_dir = Path(project) if project else None
         latest = Checkpointer(run_dir).latest() if run_dir is not None else None
         command = shlex.join(resume_command(run_dir))

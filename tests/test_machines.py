@@ -207,3 +207,4 @@ def test_a_slow_evaluation_longer_than_the_timeout_is_not_a_lost_machine(machine
     finish([machines.start(m, command(m, run, "--slow-eval", str(3 * PEER_TIMEOUT))) for m in (0, 1)])
     assert time.monotonic() - started > 3 * PEER_TIMEOUT
     assert_equal_runs(run, reference)
+

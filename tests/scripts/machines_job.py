@@ -4,12 +4,9 @@
 
 --slow S             sleep S seconds in every training micro-batch (a kill or a link down lands mid-run)
 --slow-eval S        the process of rank --slow-eval-rank sleeps S seconds in the first validation (a slow healthy step)
---kill-at-batch N    with --kill-rank R: SIGKILL process R when its N-th micro-batch starts, in the first attempt
-                     only (torchrun --max-restarts then restarts the group)
 """
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 
@@ -29,16 +26,14 @@ class Options(Base):
     slow: float = 0.0
     slow_eval: float = 0.0
     slow_eval_rank: int = 1
-    kill_at_batch: int | None = None
-    kill_rank: int = 1
 
 
 class Delays(nn.Module):
-    """Wraps the model: sleeps, and kills, where the options ask (no parameters of its own: same weights)."""
+    """Wraps the model: sleeps where the options ask (no parameters of its own: the same weights)."""
 
     def __init__(self, model: nn.Module, opts: Options):
         super().__init__()
-        self.model, self.opts, self.batches = model, opts, 0
+        self.model, self.opts = model, opts
         self.rank = int(os.environ.get("RANK", "0"))
 
     def forward(self, x):
@@ -47,11 +42,7 @@ class Delays(nn.Module):
                 time.sleep(self.opts.slow_eval)
                 self.opts.slow_eval = 0.0
             return self.model(x)
-        self.batches += 1
         time.sleep(self.opts.slow)
-        if (self.batches == self.opts.kill_at_batch and self.rank == self.opts.kill_rank
-                and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
-            os.kill(os.getpid(), signal.SIGKILL)
         return self.model(x)
 
 

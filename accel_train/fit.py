@@ -89,9 +89,7 @@ def fit(
     threads_rule = set_threads(cfg.num_threads)[1]
     trackers = [JsonlTracker("."), *tracking.make_trackers(cfg.log_with)]  # each checked before anything is written
     accelerator, notes = make_accelerator(cfg, trackers=trackers)
-    # several processes: a lost machine ends the run with one line (peers.py); the main process holds the run
-    # folder, and a failed new run leaves nothing behind
-    with Peers(accelerator, cfg.peer_timeout, cfg.output_dir), RunLock() as lock:
+    with Peers(accelerator, cfg.peer_timeout, cfg.output_dir), RunLock() as lock:  # a lost peer; one run a folder
         try:
             with StopRequest(cfg.stop_at_step) as stop:
                 task = (task or Task(loss, metrics)).for_run(dataset_labels(train_data))

@@ -16,7 +16,12 @@ thread evaluates, saves or waits in a collective (the thread needs Python's GIL 
 torch's kernels, file writes and sleeps release). A collective that fails at once (the peer's connection reset
 when its machine was killed) is held until the heartbeat has decided, so it ends with the same line instead of
 gloo's traceback. Nothing runs per training step. A process that finishes writes `done` instead of a count, so
-peers still writing the final model do not mistake it for a lost one.
+peers still writing the final model do not mistake it for a lost one. torch's process-group timeout is left as it
+is, a backstop behind the heartbeat. Under `accel-train launch` the line goes to the launcher, which prints it
+last, after leaving out the launcher's own traceback.
+
+Measured with two network namespaces on a 2-core shared CPU, `--peer-timeout 5` (tests/test_machines.py): the
+survivor exits 6.6-8.1 s after the other machine is SIGKILLed, and both exit 7.3-10.5 s after a link goes down.
 """
 
 from __future__ import annotations
@@ -70,8 +75,8 @@ class Peers:
         self.stopped.set()
 
     def explain(self, error: BaseException) -> None:
-        """After a failed collective: wait (at most one timeout) for the heartbeat to name a lost peer, which ends
-        the process with its line; if none is lost, return, and the error goes on as it was."""
+        """After a failed collective: wait (about 1.6 timeouts at most) for the heartbeat to name a lost peer, which
+        ends the process with its line; if none is lost, return, and the error goes on as it was."""
         if self.active and _is_distributed(error):
             self.stopped.wait(self.timeout * (1 + 3 / BEATS_PER_TIMEOUT) + 1)
 

@@ -93,6 +93,7 @@ def machines():
     if os.geteuid() != 0:
         pytest.skip("needs root: two machines are simulated as network namespaces")
     pair = Machines(f"at{os.getpid() % 100000}")
+    pair.down()  # what an earlier run in a process of this id may have left
     try:
         pair.up()
     except subprocess.CalledProcessError as error:

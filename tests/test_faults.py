@@ -191,3 +191,28 @@ def test_a_start_that_fails_leaves_nothing_behind(tmp_path, small_disk):
     train, val = digits_splits(0.2, seed=0)
     fit(DigitsCNN(4), train, val, config=TrainConfig(output_dir=str(out), epochs=1, progress=False, monitor="loss"))
     assert read_summary(out)["monitor"] == "loss" and not (out / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_disk_full_under_ddp_is_one_line_and_resumes_exactly(tmp_path, small_disk, digits_file):
+    """Two processes under accel-train launch, the disk full in epoch 2: rank 0's line (printed again last by the
+    launcher), exit 2 well within the peers' timeout (the launcher stops the other process), no traceback; space
+    freed, the resumed run ends bitwise equal to one on a roomy disk."""
+    common = [JOB, "--data", digits_file, *FAST, "--log-every", "1"]
+    full, run = tmp_path / "full", small_disk / "run"
+    check(launch([*common, "--output-dir", str(full)]))
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "accel_train", "launch", "--config_file",
+                           str(REPO / "launch_configs" / "cpu_ddp.yaml"), "--main_process_port", "0", *common,
+                           "--output-dir", str(run), "--fill-disk-at-batch", "6", "--fill-file",
+                           str(small_disk / "filler")], capture_output=True, text=True, timeout=120, env=clean_env(),
+                          cwd=REPO)
+    line = (f"accel_train: error: writing the run folder failed: No space left on device (0.0 MiB free on the disk "
+            f"of {run}): the newest complete checkpoint is {run}/checkpoints/step_0000002 (step 2); free some space, "
+            f"then resume with --resume auto --output-dir {run}.")
+    assert proc.returncode == 2 and time.time() - started < 45, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[0] == proc.stderr.splitlines()[-1] == line, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (small_disk / "filler").unlink()
+    check(launch([*common, "--output-dir", str(run), "--resume", "auto"]))
+    _same_run(full, run)

@@ -126,9 +126,12 @@ def trim_step_overhead(accelerator, model) -> None:
         DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU))
     if not (PATCH_ACCELERATE and plain):
         return
-    from torch.distributed.tensor import DTensor
+    sharded = False  # tensor-parallel (DTensor) parameters keep Accelerate's mesh-aware clipping
+    if torch.distributed.is_available():  # a torch built without it has no DTensor
+        from torch.distributed.tensor import DTensor
 
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        sharded = any(isinstance(p, DTensor) for p in model.parameters())
+    if not sharded:
         accelerator.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_
     if accelerator.gradient_accumulation_steps == 1:
         accelerator.backward = _backward

@@ -97,8 +97,8 @@ def _run_launcher(module: str, argv: list[str]) -> None:
 
 
 def _last_word(code: int, errors: Path) -> int:
-    """After a failed launch, our one line again, below the launcher's own report (its CalledProcessError
-    traceback or torch's ChildFailedError table, which cannot be turned off): exit status 2, as without a launcher."""
+    """After a failed launch, our one line again, last (below torch's log lines; `_run_launcher` leaves out the
+    launcher's own traceback once the line is recorded): exit status 2, as without a launcher."""
     line = errors.read_text().splitlines()[0] if errors.is_file() else None
     shutil.rmtree(errors.parent, ignore_errors=True)
     if code != 0 and line:

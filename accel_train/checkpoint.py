@@ -196,6 +196,12 @@ class Checkpointer:
         complete = complete_checkpoints(self.root)
         return complete[-1] if complete else None
 
+    def latest_named(self) -> str | None:
+        """'RUN/checkpoints/step_N (step N)' for the newest complete checkpoint (the lines that say where to resume
+        from), or None before the first."""
+        latest = self.latest()
+        return None if latest is None else f"{latest} (step {read_progress(latest).step})"
+
 
 def load_meter(path: Path, meter, process_index: int) -> None:
     from safetensors.torch import load_file

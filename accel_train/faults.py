@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import Checkpointer, read_progress
+from .checkpoint import Checkpointer
 from .errors import UserError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
@@ -73,8 +73,8 @@ def fault_line(run_dir: Path, what: str, error: BaseException) -> UserError:
     if root.is_dir():
         for partial in root.glob(".tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
-    latest = Checkpointer(run_dir).latest()
-    kept = (f"the newest complete checkpoint is {latest} (step {read_progress(latest).step}); free some space, "
+    latest = Checkpointer(run_dir).latest_named()
+    kept = (f"the newest complete checkpoint is {latest}; free some space, "
             f"then resume with --resume auto --output-dir {run_dir}" if latest is not None else
             "no checkpoint was complete yet; free some space, then run the same command again")
     return UserError(f"{what} failed: {_reason(error, run_dir)} ({_free(run_dir)} on the disk of {run_dir}): {kept}.")

@@ -116,7 +116,7 @@ class SystemMonitor:
     def __init__(self, device: torch.device):
         import psutil
 
-        self.psutil, self.process = psutil, psutil.Process()
+        self.psutil, self.process = psutil, _process(os.getpid())
         self.process.cpu_percent(None)  # starts the interval the first sample reports on
         self.gpu = _nvml_handle(device) if device.type == "cuda" else None
 

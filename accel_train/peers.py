@@ -129,16 +129,16 @@ class Peers:
         return f"lost {holder}: the rendezvous store it serves at {host}:{port} cannot be reached ({reason})"
 
     def _line(self, what: str) -> str:
-        from .checkpoint import Checkpointer, read_progress
+        from .checkpoint import Checkpointer
 
         project = self.accelerator.project_configuration.project_dir or self.run_dir  # set once the run starts
         run_dir = Path(project) if project else None
-        latest = Checkpointer(run_dir).latest() if run_dir is not None else None
+        latest = Checkpointer(run_dir).latest_named() if run_dir is not None else None
         command = shlex.join(resume_command(run_dir))
         if latest is None:
             return (f"{what}. No checkpoint was complete yet: run the same command again on every machine: "
                     f"{command}")
-        return (f"{what}. The newest complete checkpoint is {latest} (step {read_progress(latest).step}); "
+        return (f"{what}. The newest complete checkpoint is {latest}; "
                 f"resume on every machine with the same command and --resume auto: {command}")
 
 

@@ -22,7 +22,7 @@ from .data import TrainBatches, batches_per_process, dataset_labels, make_loader
 from .epochs import Monitor, Run, finish, train_epochs
 from .errors import UserError
 from .faults import FaultCheckpointer, write_faults
-from .gradients import GradientWindow, NonFiniteGuard
+from .gradients import GradientWindow, NonFiniteGuard, keeps_verdicts_on_device
 from .internals import skip_on_device, trim_optimizer_overhead, trim_step_overhead
 from .job import Job
 from .launch import make_accelerator, set_threads, shutdown
@@ -130,7 +130,7 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     trim_optimizer_overhead(optimizer)
     trim_step_overhead(accelerator, model)
     guard = NonFiniteGuard(cfg.nonfinite, stop)
-    if (arm := skip_on_device(optimizer)) is not None:
+    if keeps_verdicts_on_device(accelerator.device) and (arm := skip_on_device(optimizer)) is not None:
         guard.defer_to(arm)  # no host read per step: the fused optimizer skips a non-finite update on the device
     batches = batches_per_process(train_loader)
     if batches == 0:

@@ -6,9 +6,10 @@
                           different lengths count each unit exactly once, then clips.
     NonFiniteGuard        decides whether the step's loss and gradient norm are finite (skip, stop or off) and
                           whether to stop here (a SIGTERM/SIGINT or `stop_at_step` on any process), agreed by all
-                          processes. With an optimizer that can skip an update on the device (torch's fused SGD,
-                          Adam, AdamW: `found_inf`), the verdict stays on the device and is read one step later,
-                          so a step reads nothing back; otherwise it is one host read per optimizer step.
+                          processes. On an accelerator, with an optimizer that can skip an update on the device
+                          (torch's fused SGD, Adam, AdamW: `found_inf`), the verdict stays on the device and is
+                          read one step later, so a step reads nothing back; otherwise (and on the CPU, where the
+                          value is in host memory) it is one host read per optimizer step.
     UnusedParameterCheck  once, after the first backward: parameters that received no gradient.
 
 Units and the guard's two flags travel in one all-reduce per optimizer step.
@@ -16,6 +17,7 @@ Units and the guard's two flags travel in one all-reduce per optimizer step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,6 +28,24 @@ from .internals import gradient_divisor, scale_tensors_
 
 class NonFiniteError(UserError):
     """A non-finite loss or gradient norm under the `stop` policy."""
+
+
+def keeps_verdicts_on_device(device: torch.device) -> bool:
+    """Whether the guard's verdicts stay on `device`, read one step later (see `NonFiniteGuard.defer_to`): on an
+    accelerator, where reading one at once waits for the device's queue; not on the CPU, where the value is in host
+    memory already and reading it costs less than the deferral's own work (38 us a step, measured on a 1.4 ms
+    step of a small CNN on a 2-core CPU)."""
+    return device.type != "cpu"
+
+
+def _finite(loss: torch.Tensor | float, norm: torch.Tensor | None) -> bool:
+    """Whether the loss and the norm (0-d tensors, a float for no loss) are finite: one host read."""
+    values = [v for v in (loss, norm) if isinstance(v, torch.Tensor)]
+    if not values:
+        return True
+    if values[0].device.type == "cpu":  # already in host memory: read each as it is, no op to run
+        return all(math.isfinite(v.item()) for v in values)
+    return bool(torch.isfinite(sum(values)))  # one device read for both: inf or nan in either is not finite
 
 
 class NonFiniteGuard:
@@ -108,9 +128,7 @@ class NonFiniteGuard:
             return self._defer(norm, flags)
         if flags is None:  # one process
             self.stop = self.stop_requested()
-            loss = self.loss_sum if isinstance(self.loss_sum, torch.Tensor) else 0.0
-            total = torch.as_tensor(loss + (0.0 if norm is None else norm))  # inf or nan in either: not finite
-            self.ok = self.policy == "off" or bool(torch.isfinite(total))
+            self.ok = self.policy == "off" or _finite(self.loss_sum, norm)
         else:
             if norm is not None:
                 flags = torch.cat([flags, (~torch.isfinite(norm)).float().reshape(1)])

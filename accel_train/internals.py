@@ -10,7 +10,8 @@ tests/test_internals.py fails naming this module and the item when an upgrade re
     scale_tensors_           torch._foreach_mul_
     skip_on_device           optimizer.found_inf, read by torch's fused SGD/Adam/AdamW kernels (GradScaler's path)
     trim_optimizer_overhead  AcceleratedOptimizer's step/zero_grad and its gradient_state, accelerator_state, scaler
-    trim_step_overhead       what Accelerator.backward and clip_grad_norm_ do in the plain case
+    trim_step_overhead       what Accelerator.backward, clip_grad_norm_ and accumulate (`_do_sync`) do in the
+                             plain case
     fused_devices            torch.utils._foreach_utils._get_fused_kernels_supported_devices
     captured_saves           save_state writes weights, optimizers, schedulers and registered objects through
                              accelerate.checkpointing.save (and only those)
@@ -24,7 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -111,6 +112,18 @@ def _backward(loss: torch.Tensor, **kwargs) -> None:
     loss.backward(**kwargs)
 
 
+_NO_CONTEXT = nullcontext()
+
+
+def _sync_every_batch(accelerator) -> Callable[..., Any]:
+    """`accumulate` without accumulation: Accelerate's own bookkeeping (`_do_sync`: its step counter and
+    `sync_gradients`, always True here), without building a generator context and an ExitStack per batch."""
+    def accumulate(*models):
+        accelerator._do_sync()
+        return _NO_CONTEXT
+    return accumulate
+
+
 def trim_step_overhead(accelerator, model) -> None:
     """In the plain case (one process or DDP, no grad scaler, no DTensor parameters, no LOMO optimizer), the
     accelerator's `backward` and `clip_grad_norm_` become torch's own calls, bitwise the same.
@@ -118,7 +131,9 @@ def trim_step_overhead(accelerator, model) -> None:
     There Accelerate's `backward` divides the loss by the accumulation steps, an extra op and autograd node per
     micro-batch that is a division by 1 without accumulation (so only then is it skipped), and `clip_grad_norm_`
     parses torch's version and sorts the parameters by DTensor mesh on every call, before calling torch's
-    `clip_grad_norm_`: 6 us per call over torch's 45 us, measured alone on the digits CNN on a 2-core CPU.
+    `clip_grad_norm_`: 6 us per call over torch's 45 us, measured alone on the digits CNN on a 2-core CPU. Without
+    accumulation `accumulate` is Accelerate's `_do_sync` alone (its step counter; every batch syncs), without the
+    generator context and ExitStack it builds per batch.
     """
     from accelerate.utils import is_lomo_available
 
@@ -135,6 +150,7 @@ def trim_step_overhead(accelerator, model) -> None:
         accelerator.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_
     if accelerator.gradient_accumulation_steps == 1:
         accelerator.backward = _backward
+        accelerator.accumulate = _sync_every_batch(accelerator)
 
 
 def fused_devices() -> list[str]:
@@ -187,6 +203,8 @@ def missing() -> list[str]:
         "Accelerator.prepare reads _is_accelerate_prepared":
             "_is_accelerate_prepared" in inspect.getsource(Accelerator),
         "Accelerator.prepare_model sets _original_forward": "_original_forward" in inspect.getsource(Accelerator),
+        "Accelerator._do_sync (what accumulate does per batch)": hasattr(Accelerator, "_do_sync")
+            and "_do_sync" in inspect.getsource(Accelerator.accumulate),
         "Accelerator.backward divides by gradient_accumulation_steps":
             "gradient_accumulation_steps" in inspect.getsource(Accelerator.backward),
         "torch._foreach_mul_": hasattr(torch, "_foreach_mul_"),

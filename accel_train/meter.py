@@ -23,9 +23,14 @@ class Meter:
     def update(self, out, loss: torch.Tensor, count, valid: int | None) -> None:
         self.loss.add_(loss.detach())
         self.units = self.units + count
-        self.samples += len(out.losses) if valid is None else valid
+        if valid is None:
+            self.samples += len(out.losses)
+            predictions, targets = out.predictions, out.targets
+        else:  # a padded last batch: its first `valid` samples
+            self.samples += valid
+            predictions, targets = out.predictions[:valid], out.targets[:valid]
         if self.metrics.metrics:  # detached: the metric arithmetic records no graph
-            self.metrics.update(out.predictions[:valid].detach(), out.targets[:valid])
+            self.metrics.update(predictions.detach(), targets)
 
     def totals(self) -> list[float]:
         """(loss, units, samples) summed over processes: one host read."""

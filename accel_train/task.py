@@ -103,7 +103,9 @@ class Output:
 
     def total(self, valid: int | None = None) -> tuple[torch.Tensor, torch.Tensor | int]:
         """(sum of losses, number of units) over the first `valid` samples (all when None)."""
-        losses, counts = self.losses[:valid], None if self.counts is None else self.counts[:valid]
+        losses, counts = self.losses, self.counts
+        if valid is not None:  # a slice is an op and an autograd node: only for a padded last batch
+            losses, counts = losses[:valid], None if counts is None else counts[:valid]
         return losses.sum(), (len(losses) if counts is None else counts.sum())
 
 

@@ -4,6 +4,7 @@ model selection and export; bad resumes are refused. In one process unless the t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,18 @@ def _unchanged(before: Path, after: Path) -> None:
     assert sa == sb
 
 
-@pytest.mark.parametrize("impl", ["foreach", "fused"])  # fused (auto): the verdict stays on the device, read later
+@pytest.fixture(params=["foreach", "fused", "fused, deferred"])
+def impl(request, monkeypatch):
+    """The optimizer kernels; "deferred": as on an accelerator, the verdict stays on the device and is read a step
+    later (on the CPU it is read at once, `gradients.keeps_verdicts_on_device`)."""
+    asked = []
+    if request.param.endswith("deferred"):
+        monkeypatch.setattr(sys.modules["accel_train.fit"], "keeps_verdicts_on_device",
+                            lambda device: asked.append(device) or True)
+    yield request.param.split(",")[0]
+    assert bool(asked) == request.param.endswith("deferred")  # the run did keep its verdicts on the device
+
+
 def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_path, impl):
     summary = _job(tmp_path, "skip", Options(nan_at_step=5), checkpoint_every=1, keep_checkpoints=100,
                    optimizer_impl=impl)
@@ -56,7 +68,6 @@ def test_nan_loss_is_skipped_without_touching_weights_optimizer_or_schedule(tmp_
     assert not all(torch.equal(a[k], b[k]) for k in a), "training goes on after the skipped step"
 
 
-@pytest.mark.parametrize("impl", ["foreach", "fused"])
 def test_nan_loss_with_stop_policy_keeps_the_last_good_checkpoint(tmp_path, impl):
     with pytest.raises(UserError, match="not finite: training stopped before this optimizer step"):
         _job(tmp_path, "stop", Options(nan_at_step=5), checkpoint_every=2, nonfinite="stop", optimizer_impl=impl,

@@ -42,14 +42,15 @@ def test_the_lean_step_is_used_and_changes_no_bit(tmp_path, monkeypatch, cifar_c
     fit_module = importlib.import_module("accel_train.fit")
     monkeypatch.setattr(fit_module, "trim_optimizer_overhead",
                         lambda optimizer: (original(optimizer), seen.append(type(optimizer).__name__)))
-    lean = lambda acc: (acc.backward is internals._backward, acc.clip_grad_norm_ is torch.nn.utils.clip_grad_norm_)  # noqa: E731
+    lean = lambda acc: (acc.backward is internals._backward, acc.clip_grad_norm_ is torch.nn.utils.clip_grad_norm_,  # noqa: E731
+                        acc.accumulate.__qualname__.startswith("_sync_every_batch"))
     monkeypatch.setattr(fit_module, "trim_step_overhead",
                         lambda accelerator, model: (original_step(accelerator, model), calls.append(lean(accelerator))))
     patched = run("digits", cifar_copy, tmp_path / "on")
     monkeypatch.setattr(internals, "PATCH_ACCELERATE", False)
     plain = run("digits", cifar_copy, tmp_path / "off")
     assert seen == ["_LeanAcceleratedOptimizer", "AcceleratedOptimizer"]
-    assert calls == [(True, True), (False, False)]  # torch's own backward and clipping, then Accelerate's
+    assert calls == [(True, True, True), (False, False, False)]  # torch's backward and clipping, then Accelerate's
     golden = json.loads(path("digits").read_text())
     assert patched == plain
     assert patched["losses"] == golden["losses"] and patched["weights_sha256"] == golden["weights_sha256"]

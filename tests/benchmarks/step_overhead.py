@@ -62,8 +62,8 @@ class Recorded(Task):
 
     def losses(self, output, targets):
         out = super().losses(output, targets)
-        if torch.is_grad_enabled():  # training batches only, not validation
-            self.record.append(out.losses.detach().sum())
+        if torch.is_grad_enabled():  # training batches only, not validation; summed as the loop sums them, later
+            self.record.append(out.losses.detach())
         return out
 
 
@@ -133,6 +133,7 @@ def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: i
             for run in range(runs):
                 twin_losses, twin_times, per_epoch = run_twin(job, epochs, Path(tmp) / f"twin{run}")
                 accel_losses, accel_times, _ = run_accel_train(job, epochs, Path(tmp) / f"accel{run}")
+                accel_losses = [losses.sum() for losses in accel_losses]  # the op `Output.total` runs
                 equal = equal and len(twin_losses) == len(accel_losses) and torch.equal(
                     torch.stack(twin_losses), torch.stack(accel_losses))
                 twin_medians.append(statistics.median(twin_times))

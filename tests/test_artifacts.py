@@ -207,6 +207,6 @@ def test_step_panels_are_the_training_values_with_every_groups_lr_in_one():
     from accel_train.plots import step_panels
 
     rows = [{"step": 10, "epoch": 1, "train/loss": 1.0, "lr": 0.1, "lr_group_1": 0.2, "grad_norm": 3.0,
-             "perf/step_time_s": 0.002, "perf/rss_mb": 900.0, "skipped_steps": 1}]
+             "perf/step_time_s": 0.002, "perf/peak_rss_mb": 900.0, "skipped_steps": 1}]
     assert step_panels(rows) == {"train/loss": ["train/loss"], "lr": ["lr", "lr_group_1"], "grad_norm": ["grad_norm"],
                                  "skipped_steps": ["skipped_steps"]}

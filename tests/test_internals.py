@@ -60,3 +60,18 @@ def test_the_lean_step_is_used_and_changes_no_bit(tmp_path, monkeypatch, cifar_c
                                   "trim_step_overhead"])
 def test_internals_are_documented_in_the_module_docstring(name):
     assert name in internals.__doc__
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_scaling_by_a_number_gives_torchs_own_products_bit_for_bit(dtype):
+    """scale_tensors_ passes a number on the CPU as a 0-d tensor (faster) only where the products stay the same."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    for units in (1, 3, 7, 32, 1000, 4093):
+        tensors = [torch.randn(n, generator=generator, dtype=getattr(torch, dtype)) * 10.0 ** e
+                   for n, e in ((5, -4), (3000, 0), (17, 3))]
+        expected = [t.clone() for t in tensors]
+        torch._foreach_mul_(expected, 1 / units)
+        internals.scale_tensors_(tensors, 1 / units)
+        assert all(torch.equal(a, b) for a, b in zip(tensors, expected))

@@ -5,6 +5,7 @@ the performance monitor; no host read outside logging steps; a tracker missing o
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -91,10 +92,12 @@ def test_every_tracker_reads_back_what_the_loop_logged_across_a_resume(tmp_path,
     assert [r["step"] for r in rows if r["kind"] == "epoch"] == [6, 12]
     steps, epochs = [r for r in rows if r["kind"] == "step"], [r for r in rows if r["kind"] == "epoch"]
     assert all(r["grad_norm"] > 0 and r["perf/samples_per_s"] > 0 and 0 <= r["perf/data_wait"] <= 1 for r in steps)
-    assert all(r["perf/step_time_s"] > 0 and r["perf/rss_mb"] > 0 and r["lr_group_1"] == r["lr"] for r in steps)
+    assert all(r["perf/step_time_s"] > 0 and r["lr_group_1"] == r["lr"] for r in steps)
+    peaks = [r["perf/peak_rss_mb"] for r in steps]  # this process's peak: never falls, never above the peak now
+    assert peaks == sorted(peaks) and 50 < peaks[0] and peaks[-1] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert all(r["time/epoch_s"] > 0 and r["sys/process_rss_mb"] > 0 and "sys/cpu_percent" in r for r in epochs)
     step_keys = ["train/loss", "lr", "lr_group_1", "grad_norm", "perf/step_time_s", "perf/samples_per_s",
-                 "perf/data_wait", "perf/rss_mb"]
+                 "perf/data_wait", "perf/peak_rss_mb"]
     epoch_keys = {"train_epoch/loss": "train/loss", "train_epoch/accuracy": "train/accuracy", "val/loss": "val/loss",
                   "val/accuracy": "val/accuracy", "time/epoch_s": "time/epoch_s", "sys/cpu_percent": "sys/cpu_percent"}
 

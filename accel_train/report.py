@@ -67,7 +67,7 @@ def _classes(view: RunView, figures: dict[str, bytes]) -> str:
         return '<p class="muted">No per-class report: this run is not a single-label classifier with validation.</p>'
     rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in record["per_class"]]
     return (_image(figures["confusion_matrix.png"], "confusion matrix")
-            + f"<p>Validation, epoch {record['epoch']}, {record['samples']} samples (scikit-learn):</p>"
+            + f"<p>Validation, epoch {record['epoch']}, {record['samples']} samples:</p>"
             + _table(rows, ["class", "precision", "recall", "f1", "support"]))
 
 

@@ -69,6 +69,18 @@ def test_per_class_report_counts_every_sample_and_equals_sklearn(runs):
     assert read_summary(run)["final_val"]["accuracy"] == pytest.approx((predicted == truth).mean())
 
 
+def test_per_class_table_equals_sklearn_with_empty_and_never_predicted_classes():
+    from accel_train.per_class import per_class_table
+
+    confusion = [[5, 1, 0, 0], [2, 0, 0, 3], [0, 0, 0, 0], [1, 0, 0, 7]]  # class 1 never right, 2 never seen
+    true = [t for t, row in enumerate(confusion) for p, n in enumerate(row) for _ in range(n)]
+    predicted = [p for row in confusion for p, n in enumerate(row) for _ in range(n)]
+    expected = sk.precision_recall_fscore_support(true, predicted, labels=range(4), zero_division=0)
+    rows = per_class_table(confusion, ["a", "b", "c", "d"])
+    assert [(r["precision"], r["recall"], r["f1"], r["support"]) for r in rows] == list(zip(*expected))
+    assert [r["support"] for r in rows] == [6, 5, 0, 8] and rows[1]["f1"] == 0.0
+
+
 def test_pngs_at_the_end_of_a_run_and_from_plot(runs, capsys):
     from matplotlib.image import imread
 

@@ -95,7 +95,6 @@ class Run:
     precision: str  # the precision in effect, as the plan says it
     device: str
     ema: NoEMA = field(default_factory=NoEMA)  # the EMA of the weights; `ema.for_eval` picks the model to validate
-    plots: plots.RunEndPlots = field(default_factory=plots.RunEndPlots)  # the figures drawn at the end
 
 
 def train_epochs(run: Run) -> str | None:
@@ -104,9 +103,6 @@ def train_epochs(run: Run) -> str | None:
     epochs = run.cfg.epochs if run.cfg.max_steps is None else math.inf
     try:
         while progress.epoch < epochs and progress.step < run.steps:
-            if run.accelerator.is_main_process and run.steps_per_epoch and progress.epoch:  # the figures' process
-                run.plots.warm(run.run_dir, (run.steps - progress.step) / run.steps_per_epoch
-                               * progress.train_time_s / progress.epoch)
             run.batches.start_epoch(progress.epoch, skip=progress.batch_in_epoch)
             if progress.batch_in_epoch == 0:
                 run.meter.reset()
@@ -241,8 +237,6 @@ def _end_epoch(run: Run) -> bool:
 def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dict[str, Any]:
     """Export the final (or best) weights and the processor, write `summary.json`, print the summary line."""
     accelerator, progress = run.accelerator, run.progress
-    if accelerator.is_main_process:
-        run.plots.start(run.run_dir)  # drawn by another process while this one exports and sums up
     run.checkpointer.wait()
     accelerator.wait_for_everyone()  # the main process's write thread has published the last checkpoint
     best = progress.best_checkpoint and run.checkpointer.root / progress.best_checkpoint
@@ -264,7 +258,7 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
                              run.cfg.save_optimizer)
             share_weights(run.run_dir)
         write_summary(run.run_dir, summary)
-        run.plots.finish(run.run_dir, accelerator.print)  # plots/*.png
+        plots.at_run_end(run.run_dir, accelerator.print)  # plots/*.png
         summary["run_dir_bytes"] = folder_bytes(run.run_dir)
         write_summary(run.run_dir, summary)
     accelerator.print(summary_line(summary))

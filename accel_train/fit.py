@@ -103,11 +103,8 @@ def fit(
 
 
 def _train(run: Run, started: float, processor) -> dict[str, Any]:
-    try:
-        with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, the work kept
-            return finish(run, started, train_epochs(run), processor)
-    finally:
-        run.plots.close()  # a run that ends without its figures leaves no process behind
+    with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, the work kept
+        return finish(run, started, train_epochs(run), processor)
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,

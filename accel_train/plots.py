@@ -11,11 +11,9 @@ matplotlib's Agg canvas directly: no pyplot, no global backend switch.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,83 +198,6 @@ def at_run_end(run_dir: Path, say) -> None:
         write_plots(run_dir, command="plots")
     except UserError as error:  # no finished epoch, or a folder that cannot take the files: the run itself is done
         say(str(error))
-
-
-class RunEndPlots:
-    """The end-of-run figures, drawn by a child process forked near the end of training: it imports matplotlib
-    (0.33 s, measured on a 2-core CPU) while the last seconds of training run, draws (0.27 s) while the run exports
-    its model and writes its summary, and the run waits for it before it returns. Only on the main process of a
-    POSIX system with fork (not macOS, where forking a process that has loaded system frameworks is unsafe). The
-    child is forked at the start of an epoch when at most `WARM_S` of training are left (else at the end): until
-    it leaves, each page the run writes is copied once (2 us a page, measured), which a short window keeps small.
-    It leaves with `os._exit` (no exit handler of the run runs twice); if it fails, the run draws the figures.
-    """
-
-    WARM_S = 2.0  # fork when this much training is left, so that matplotlib is imported by the end
-
-    def __init__(self) -> None:
-        self.pid: int | None = None
-        self.pipe: int | None = None
-        self.told = False
-
-    def warm(self, run_dir: Path, remaining_s: float = 0.0) -> None:
-        """Fork the child, if this system allows it and `remaining_s` (of training left) is short enough."""
-        if (self.pid is not None or remaining_s > self.WARM_S or not hasattr(os, "fork") or sys.platform == "darwin"
-                or os.environ.get("ACCEL_TRAIN_PLOTS", "1") == "0" or importlib.util.find_spec("matplotlib") is None):
-            return
-        sys.stdout.flush()  # what the run printed is written once, not again by the child
-        sys.stderr.flush()
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            os.close(write)
-            _draw_when_told(read, run_dir)
-        os.close(read)
-        self.pid, self.pipe = pid, write
-
-    def start(self, run_dir: Path) -> None:
-        """The run's last epoch is written: the child draws now (forked now, if it was not yet)."""
-        self.warm(run_dir)
-        if self.pid is not None and not self.told:
-            try:
-                os.write(self.pipe, b"d")
-                self.told = True
-            except OSError:  # the child is gone: `finish` draws here
-                self.close()
-
-    def finish(self, run_dir: Path, say) -> None:
-        """The figures are in RUN/plots/ when this returns: drawn by the child, else here."""
-        if not (self.told and self._wait() == 0):
-            self.close()
-            at_run_end(run_dir, say)
-
-    def close(self) -> None:
-        """No figures after all (or the run failed): the child, told or not, is waited for."""
-        if self.pid is not None:
-            self._wait()
-
-    def _wait(self) -> int:
-        os.close(self.pipe)  # an untold child reads the closed pipe and leaves
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = self.pipe = None
-        self.told = False
-        return status
-
-
-def _draw_when_told(pipe: int, run_dir: Path) -> None:
-    code = 1
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401  (the imports are the point)
-        from matplotlib.figure import Figure  # noqa: F401
-
-        if os.read(pipe, 1) == b"d":
-            at_run_end(run_dir, print)
-            code = 0
-    except BaseException:  # the run draws the figures itself
-        pass
-    finally:
-        sys.stdout.flush()
-        os._exit(code)
 
 
 def main(argv: list[str]) -> int:

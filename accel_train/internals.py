@@ -62,14 +62,20 @@ def gradient_divisor(accelerator) -> int:
 _FULL = (torch.float32, torch.float64)
 
 
-def scale_tensors_(tensors: list[torch.Tensor], scale: Any) -> None:
+def full_precision(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor is fp32 or fp64 (for `scale_tensors_`)."""
+    return all(t.dtype in _FULL for t in tensors)
+
+
+def scale_tensors_(tensors: list[torch.Tensor], scale: Any, full: bool | None = None) -> None:
     """Multiply every tensor in place by `scale` (a number or a 0-d tensor), in one fused kernel per device.
 
-    On the CPU a number goes in as a 0-d float64 tensor when every tensor is fp32 or fp64: bitwise the same
-    products, and torch's overload for a number loops over the tensors there (14 us against 4 us for the
-    29K-parameter digits CNN's gradients, measured on a 2-core CPU)."""
-    if (not isinstance(scale, torch.Tensor) and tensors[0].device.type == "cpu"
-            and all(t.dtype in _FULL for t in tensors)):
+    On the CPU a number goes in as a 0-d float64 tensor when every tensor is fp32 or fp64 (`full`: the caller's
+    `full_precision(tensors)`, found once, else checked here): bitwise the same products, and torch's overload for a
+    number loops over the tensors there (14 us against 4 us for the 29K-parameter digits CNN's gradients, measured
+    on a 2-core CPU)."""
+    if not isinstance(scale, torch.Tensor) and tensors[0].device.type == "cpu" and (
+            full_precision(tensors) if full is None else full):
         scale = torch.tensor(scale, dtype=torch.float64)
     torch._foreach_mul_(tensors, scale)
 

@@ -32,7 +32,7 @@ def per_class_table(confusion: Sequence[Sequence[int]], names: Sequence[str]) ->
     Computed here from the matrix: importing scikit-learn cost a text run 0.3-0.8 s at its first epoch's end."""
     import numpy as np
 
-    counts = np.asarray(confusion, dtype=np.int64).reshape(len(confusion), -1)
+    counts = np.asarray(confusion, dtype=np.int64)
     tp, true, predicted = np.diag(counts), counts.sum(1), counts.sum(0)
 
     def divide(a, b):  # 0 where nothing was counted (zero_division=0)

@@ -8,8 +8,8 @@
                           whether to stop here (a SIGTERM/SIGINT or `stop_at_step` on any process), agreed by all
                           processes. On an accelerator, with an optimizer that can skip an update on the device
                           (torch's fused SGD, Adam, AdamW: `found_inf`), the verdict stays on the device and is
-                          read one step later, so a step reads nothing back; otherwise (and on the CPU, where the
-                          value is in host memory) it is one host read per optimizer step.
+                          read one step later, so a step reads nothing back; otherwise (and in one process on the
+                          CPU, where the value is in host memory) it is one host read per optimizer step.
     UnusedParameterCheck  once, after the first backward: parameters that received no gradient.
 
 Units and the guard's two flags travel in one all-reduce per optimizer step.
@@ -30,12 +30,14 @@ class NonFiniteError(UserError):
     """A non-finite loss or gradient norm under the `stop` policy."""
 
 
-def keeps_verdicts_on_device(device: torch.device) -> bool:
+def keeps_verdicts_on_device(device: torch.device, processes: int = 1) -> bool:
     """Whether the guard's verdicts stay on `device`, read one step later (see `NonFiniteGuard.defer_to`): on an
-    accelerator, where reading one at once waits for the device's queue; not on the CPU, where the value is in host
-    memory already and reading it costs less than the deferral's own work (38 us a step, measured on a 1.4 ms
-    step of a small CNN on a 2-core CPU)."""
-    return device.type != "cpu"
+    accelerator, where reading one at once waits for the device's queue; and with several processes, as before
+    (there a process that learns of another's stop request a step later has that step for its own signal to
+    arrive, so that both name it). Not for one process on the CPU, where the value is in host memory already and
+    reading it costs less than the deferral's own work (38 us a step, measured on a 1.4 ms step of a small CNN
+    on a 2-core CPU)."""
+    return device.type != "cpu" or processes > 1
 
 
 def _finite(loss: torch.Tensor | float, norm: torch.Tensor | None) -> bool:

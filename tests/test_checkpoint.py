@@ -51,7 +51,7 @@ def impl(request, monkeypatch):
     asked = []
     if request.param.endswith("deferred"):
         monkeypatch.setattr(sys.modules["accel_train.fit"], "keeps_verdicts_on_device",
-                            lambda device: asked.append(device) or True)
+                            lambda device, processes: asked.append(device) or True)
     yield request.param.split(",")[0]
     assert bool(asked) == request.param.endswith("deferred")  # the run did keep its verdicts on the device
 

@@ -246,6 +246,19 @@ class StopRequest:
         """--stop-at-step is reached with the step being finished (the same on every process: no agreement)."""
         return self.at_step is not None and self.step + 1 >= self.at_step
 
+    def asked(self) -> list[float]:
+        """This process's request, for the processes to add up: one flag per signal of SIGNALS, then --stop-at-step."""
+        return [float(self.signal == sig.name) for sig in self.SIGNALS] + [float(self.due())]
+
+    def agree(self, summed: list[float]) -> bool:
+        """Whether any process asked to stop, from the processes' summed `asked()`. A process whose own signal has not
+        arrived yet (a scheduler signals each machine in turn) takes the name of the one another process received,
+        so that every process gives the same reason."""
+        for sig, count in zip(self.SIGNALS, summed):
+            if count > 0 and self.signal is None:
+                self.signal = sig.name
+        return any(count > 0 for count in summed)
+
     def _handle(self, signum, frame) -> None:
         self.signal = signal.Signals(signum).name
 

@@ -130,8 +130,7 @@ def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, 
     trim_optimizer_overhead(optimizer)
     trim_step_overhead(accelerator, model)
     guard = NonFiniteGuard(cfg.nonfinite, stop)
-    if keeps_verdicts_on_device(accelerator.device, accelerator.num_processes) and (
-            arm := skip_on_device(optimizer)) is not None:
+    if keeps_verdicts_on_device(accelerator.device) and (arm := skip_on_device(optimizer)) is not None:
         guard.defer_to(arm)  # no host read per step: the fused optimizer skips a non-finite update on the device
     batches = batches_per_process(train_loader)
     if batches == 0:

@@ -8,11 +8,11 @@
                           whether to stop here (a SIGTERM/SIGINT or `stop_at_step` on any process), agreed by all
                           processes. On an accelerator, with an optimizer that can skip an update on the device
                           (torch's fused SGD, Adam, AdamW: `found_inf`), the verdict stays on the device and is
-                          read one step later, so a step reads nothing back; otherwise (and in one process on the
-                          CPU, where the value is in host memory) it is one host read per optimizer step.
+                          read one step later, so a step reads nothing back; otherwise (and on the CPU, where
+                          the value is in host memory) it is one host read per optimizer step.
     UnusedParameterCheck  once, after the first backward: parameters that received no gradient.
 
-Units and the guard's two flags travel in one all-reduce per optimizer step.
+Units and the guard's flags (not finite; asked to stop, per signal) travel in one all-reduce per optimizer step.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ class NonFiniteError(UserError):
     """A non-finite loss or gradient norm under the `stop` policy."""
 
 
-def keeps_verdicts_on_device(device: torch.device, processes: int = 1) -> bool:
+def keeps_verdicts_on_device(device: torch.device) -> bool:
     """Whether the guard's verdicts stay on `device`, read one step later (see `NonFiniteGuard.defer_to`): on an
-    accelerator, where reading one at once waits for the device's queue; and with several processes, as before
-    (there a process that learns of another's stop request a step later has that step for its own signal to
-    arrive, so that both name it). Not for one process on the CPU, where the value is in host memory already and
-    reading it costs less than the deferral's own work (38 us a step, measured on a 1.4 ms step of a small CNN
-    on a 2-core CPU)."""
-    return device.type != "cpu" or processes > 1
+    accelerator, where reading one at once waits for the device's queue. Not on the CPU, where the value is in host
+    memory already and reading it costs less than the deferral's own work (38 us a step, measured on a 1.4 ms step
+    of a small CNN on a 2-core CPU); with several processes the all-reduce has waited for every process anyway."""
+    return device.type != "cpu"
 
 
 def _finite(loss: torch.Tensor | float, norm: torch.Tensor | None) -> bool:
@@ -56,7 +54,9 @@ class NonFiniteGuard:
     Args:
         policy: `skip` (leave weights, optimizer and schedule untouched for a non-finite step), `stop` (raise
             NonFiniteError before the optimizer step) or `off` (no check).
-        stop_requested: tells whether this process was asked to stop (a signal, `stop_at_step`).
+        stop_requested: tells whether this process was asked to stop (a signal, `stop_at_step`). With several
+            processes, a `checkpoint.StopRequest` also says why (`asked`) and learns what the processes agreed
+            (`agree`), so that all of them name the same signal; any other callable is one flag.
     """
 
     def __init__(self, policy: str = "skip", stop_requested: Callable[[], bool] = lambda: False):
@@ -96,8 +96,8 @@ class NonFiniteGuard:
         self.pending = None
         if event is not None:
             event.synchronize()
-        not_finite, *signalled = staged.tolist()  # host memory, copied without blocking
-        self.stop = self.stop or bool(signalled and signalled[0] > 0)
+        not_finite, *asked = staged.tolist()  # host memory, copied without blocking
+        self.stop = self._agree(asked) or self.stop
         if not_finite:
             self.skipped.append(index)
             self._raise_under_stop()
@@ -109,12 +109,20 @@ class NonFiniteGuard:
             self.loss_sum = loss.detach() if isinstance(self.loss_sum, float) else self.loss_sum + loss.detach()
 
     def local_flags(self, device) -> list[torch.Tensor]:
-        """This process's "my loss is not finite" and "I was asked to stop", to be added up over processes."""
+        """This process's "my loss is not finite" and "I was asked to stop" (a flag per reason), to be added up over
+        processes."""
         if self.policy == "off" or not isinstance(self.loss_sum, torch.Tensor):
             not_finite = torch.zeros((), device=device)
         else:
             not_finite = (~torch.isfinite(self.loss_sum)).float()
-        return [not_finite, torch.tensor(float(self.stop_requested()), device=device)]
+        asked = getattr(self.stop_requested, "asked", None)
+        asked = asked() if asked is not None else [float(self.stop_requested())]
+        return [not_finite, *torch.tensor(asked, device=device)]
+
+    def _agree(self, asked: list[float]) -> bool:
+        """Whether any process asked to stop, from the summed stop flags of `local_flags`."""
+        agree = getattr(self.stop_requested, "agree", None)
+        return agree(asked) if agree is not None else any(count > 0 for count in asked)
 
     def decide(self, grads: list[torch.Tensor], norm: torch.Tensor | None, flags: torch.Tensor | None,
                judge_gradients: bool = True) -> None:
@@ -131,12 +139,14 @@ class NonFiniteGuard:
         if flags is None:  # one process
             self.stop = self.stop_requested()
             self.ok = self.policy == "off" or _finite(self.loss_sum, norm)
-        else:
+        else:  # flags: [processes whose loss is not finite, processes asked to stop (per reason)], summed
             if norm is not None:
                 flags = torch.cat([flags, (~torch.isfinite(norm)).float().reshape(1)])
-            values = flags.tolist()
-            self.stop = values[1] > 0
-            self.ok = values[0] == 0 and (norm is None or values[2] == 0)
+            not_finite, *asked = flags.tolist()
+            if norm is not None:
+                not_finite += asked.pop()
+            self.stop = self._agree(asked)
+            self.ok = not_finite == 0
         self.loss_sum = 0.0
         self.steps += 1
         if not self.ok:
@@ -151,9 +161,9 @@ class NonFiniteGuard:
             flag = (~torch.isfinite(loss + norm)).float()
             staged = flag.reshape(1)
             self.stop = self.stop or self.stop_requested()
-        else:  # flags: [processes whose loss is not finite, processes asked to stop], summed
+        else:  # flags: [processes whose loss is not finite, processes asked to stop (per reason)], summed
             flag = ((flags[0] > 0) | ~torch.isfinite(norm)).float()
-            staged = torch.stack([flag, flags[1].float()])
+            staged = torch.cat([flag.reshape(1), flags[1:].float()])
             due = getattr(self.stop_requested, "due", None)  # --stop-at-step is the same on every process
             self.stop = self.stop or bool(due and due())
         self.arm(flag)

@@ -51,7 +51,7 @@ def impl(request, monkeypatch):
     asked = []
     if request.param.endswith("deferred"):
         monkeypatch.setattr(sys.modules["accel_train.fit"], "keeps_verdicts_on_device",
-                            lambda device, processes: asked.append(device) or True)
+                            lambda device: asked.append(device) or True)
     yield request.param.split(",")[0]
     assert bool(asked) == request.param.endswith("deferred")  # the run did keep its verdicts on the device
 
@@ -163,11 +163,13 @@ def test_bad_resumes_are_refused(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_ddp_inf_gradient_on_one_rank_and_early_stop_agree(tmp_path, digits_file):
+@pytest.mark.parametrize("defer", ["false", "true"], ids=["read at once", "deferred"])
+def test_ddp_inf_gradient_on_one_rank_and_early_stop_agree(tmp_path, digits_file, defer):
     """Rank 1 alone gets an inf gradient at step 3: both ranks skip that step; early stopping stops both at
-    the same epoch (the launch ends, no rank waits)."""
+    the same epoch (the launch ends, no rank waits). The verdict read at once (the CPU), or kept on the device and
+    read a step later (a GPU)."""
     out = tmp_path / "run"
-    check(launch([str(SCRIPTS / "resume_job.py"), "--data", digits_file, "--nan-at-step", "3",
+    check(launch([str(SCRIPTS / "resume_job.py"), "--data", digits_file, "--nan-at-step", "3", "--defer", defer,
                   "--inf-grad-rank", "1", "--checkpoint-every", "1", "--keep-checkpoints", "100",
                   "--early-stopping", "1", "--min-delta", "10", "--monitor", "loss", "--output-dir", str(out)]))
     summary = read_summary(out)

@@ -30,11 +30,14 @@ LAUNCHERS = {  # how the job is started -> (command before the script, processes
 }
 
 
-def _stop_mid_run(tmp_path: Path, digits_file: str, launcher: str, to_children: bool) -> Path:
+def _stop_mid_run(tmp_path: Path, digits_file: str, launcher: str, to_children: bool, only_rank: int | None = None,
+                  extra: tuple[str, ...] = ()) -> Path:
+    """SIGTERM at step 6: to the launcher, or to each training process (`to_children`; `only_rank`: to that one)."""
     head, processes = LAUNCHERS[launcher]
     port = ["--main_process_port", str(free_port())] if "--config_file" in head else [f"--master_port={free_port()}"]
     run = tmp_path / "run"
-    proc = subprocess.Popen([*head, *port, JOB, "--data", digits_file, "--output-dir", str(run), "--slow", "0.05"],
+    proc = subprocess.Popen([*head, *port, JOB, "--data", digits_file, "--output-dir", str(run), "--slow", "0.05",
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
     deadline = time.time() + 180
     while time.time() < deadline:  # until step 6 of 20 (2 processes) or 40 is logged
@@ -45,6 +48,9 @@ def _stop_mid_run(tmp_path: Path, digits_file: str, launcher: str, to_children: 
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if JOB in p.cmdline()
                    and not {"launch", "torch.distributed.run"} & set(p.cmdline())]
         assert len(workers) == processes, [w.cmdline() for w in workers]
+        if only_rank is not None:
+            workers = [w for w in workers if w.environ().get("RANK") == str(only_rank)]
+            assert len(workers) == 1
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
     else:
@@ -70,6 +76,16 @@ def _resume(run: Path, digits_file: str, processes: int) -> None:
 
 def test_sigterm_to_accel_train_launch_stops_two_processes_cleanly(tmp_path, digits_file):
     _stop_mid_run(tmp_path, digits_file, "accel-train-launch-2", to_children=False)  # resumed: the slow group
+
+
+@pytest.mark.parametrize("defer", ["false", "true"], ids=["read at once", "deferred"])
+def test_sigterm_to_one_process_is_named_by_both(tmp_path, digits_file, defer):
+    """SIGTERM to rank 1 alone (a scheduler signals each machine in turn; rank 0's has not arrived): both processes
+    stop at the same step, and rank 0, which writes the summary and the resume line, names SIGTERM too. The stop
+    request travels in the step's all-reduce, read at once (the CPU) or a step later (as on a GPU)."""
+    run = _stop_mid_run(tmp_path, digits_file, "accelerate-launch-2", to_children=True, only_rank=1,
+                        extra=("--defer", defer))
+    _resume(run, digits_file, 2)
 
 
 @pytest.mark.slow

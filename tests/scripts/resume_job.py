@@ -8,6 +8,8 @@ warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of Trai
 --inf-grad-rank R   with --nan-at-step S: instead, only process R gets an inf gradient at step S
 --start-when PATH   before fit, touch PATH.ready-<pid> and wait for PATH to exist (two runs started at once)
 --fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0)
+--defer true        keep each step's non-finite and stop verdict on the device and read it a step later, as on a
+                    GPU (the fused optimizer skips a non-finite update itself); the CPU reads it at once
 """
 
 import os
@@ -37,6 +39,7 @@ class Options:
     dropout: float = 0.3
     fill_disk_at_batch: int | None = None
     fill_file: str | None = None  # the file that fills the disk (on the run folder's filesystem)
+    defer: bool = False
 
 
 class Injector(nn.Module):
@@ -100,6 +103,10 @@ if __name__ == "__main__":
         open(f"{opts.start_when}.ready-{os.getpid()}", "w").close()
         while not os.path.exists(opts.start_when):
             __import__("time").sleep(0.002)
+    asked = []
+    if opts.defer:  # as on a GPU: fit asks whether verdicts stay on the device
+        __import__("sys").modules["accel_train.fit"].keeps_verdicts_on_device = lambda device: asked.append(1) or True
     with exit_on_user_error():  # a refusal or fault: one line, exit 2
         fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
+    assert bool(asked) == opts.defer
     leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

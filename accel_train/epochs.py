@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from accelerate.utils import is_compiled_module
 
-from . import per_class, plots
+from . import per_class
 from .checkpoint import Checkpointer, Progress, StopRequest
 from .config import TrainConfig
 from .data import TrainBatches
@@ -26,6 +26,7 @@ from .loop import evaluate, train_one_epoch
 from .metrics import Meter
 from .monitor import Performance, verdict
 from .plan import ComputeDtype
+from .plot_worker import PlotWorker
 from .run_folder import write_summary
 from .task import Task
 from .tidy import folder_bytes, share_weights, tidy_checkpoints, unshare_weights
@@ -234,9 +235,11 @@ def _end_epoch(run: Run) -> bool:
     return False
 
 
-def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dict[str, Any]:
-    """Export the final (or best) weights and the processor, write `summary.json`, print the summary line."""
+def finish(run: Run, started: float, stopped: str | None, processor: Any, plotter: PlotWorker) -> dict[str, Any]:
+    """Export the final (or best) weights and the processor, write `summary.json`, draw the figures (`plotter`,
+    while the weights are exported), print the summary line."""
     accelerator, progress = run.accelerator, run.progress
+    plotter.draw(run.run_dir)  # metrics.jsonl and classes/ are complete
     run.checkpointer.wait()
     accelerator.wait_for_everyone()  # the main process's write thread has published the last checkpoint
     best = progress.best_checkpoint and run.checkpointer.root / progress.best_checkpoint
@@ -258,7 +261,7 @@ def finish(run: Run, started: float, stopped: str | None, processor: Any) -> dic
                              run.cfg.save_optimizer)
             share_weights(run.run_dir)
         write_summary(run.run_dir, summary)
-        plots.at_run_end(run.run_dir, accelerator.print)  # plots/*.png
+        plotter.finish(run.run_dir, accelerator.print)  # plots/*.png
         summary["run_dir_bytes"] = folder_bytes(run.run_dir)
         write_summary(run.run_dir, summary)
     accelerator.print(summary_line(summary))

@@ -30,6 +30,7 @@ from .quiet import quiet_libraries
 from .logs import StepLog
 from .metrics import Meter
 from .monitor import Performance
+from .plot_worker import PlotWorker
 from .preflight import check_monitor
 from .peers import Peers
 from .optim import build_optimizer, build_plateau, build_scheduler, steps_per_epoch, total_steps
@@ -103,8 +104,9 @@ def fit(
 
 
 def _train(run: Run, started: float, processor) -> dict[str, Any]:
-    with write_faults(run.run_dir, "writing the run folder"):  # a full disk: one line, the work kept
-        return finish(run, started, train_epochs(run), processor)
+    # a full disk: one line, the work kept; the figures' helper process imports matplotlib while the run trains
+    with write_faults(run.run_dir, "writing the run folder"), PlotWorker(run.accelerator.is_main_process) as plotter:
+        return finish(run, started, train_epochs(run), processor, plotter)
 
 
 def _setup(*, accelerator, cfg: TrainConfig, trackers: list, stop: StopRequest, notes: list[str], options,

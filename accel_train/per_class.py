@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import write_json
 
 FOLDER = "classes"
 
@@ -63,6 +62,8 @@ def epoch_report(confusion, names: Sequence[str] | None, epoch: int) -> dict[str
 def write_epoch(run_dir: Path, task, epoch: int) -> Path | None:
     """Write classes/epoch_NNN.{json,csv} from the task's validation confusion matrix; None when the task records
     none (not a single-label classifier, or no validation data). Main process only."""
+    from .checkpoint import write_json  # here: reading records back (the plots' helper process) needs no torch
+
     recorder = getattr(task, "confusion", None)
     matrix = recorder.matrix() if recorder is not None else None
     if matrix is None:

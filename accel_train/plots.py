@@ -51,6 +51,15 @@ def png(figure, dpi: int = 80) -> bytes:
     return out.getvalue()
 
 
+def warm_up() -> None:
+    """Import matplotlib and draw a tiny figure (fonts, text layout, PNG encoder): what the first figure costs once."""
+    figure, (axis,) = _figure(1)
+    axis.plot([0, 1], [0, 1], label="warm")
+    axis.set_title("warm")
+    axis.legend(fontsize=7)
+    png(figure, dpi=10)
+
+
 def epoch_panels(epochs: list[dict[str, Any]]) -> list[str]:
     """The per-epoch quantities: loss first, then each metric (train/val share a panel), the LR last."""
     names: list[str] = []

@@ -78,7 +78,8 @@ def test_sigterm_to_accel_train_launch_stops_two_processes_cleanly(tmp_path, dig
     _stop_mid_run(tmp_path, digits_file, "accel-train-launch-2", to_children=False)  # resumed: the slow group
 
 
-@pytest.mark.parametrize("defer", ["false", "true"], ids=["read at once", "deferred"])
+@pytest.mark.parametrize("defer", ["false", pytest.param("true", marks=pytest.mark.slow)],
+                         ids=["read at once", "deferred"])
 def test_sigterm_to_one_process_is_named_by_both(tmp_path, digits_file, defer):
     """SIGTERM to rank 1 alone (a scheduler signals each machine in turn; rank 0's has not arrived): both processes
     stop at the same step, and rank 0, which writes the summary and the resume line, names SIGTERM too. The stop

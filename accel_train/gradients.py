@@ -117,7 +117,7 @@ class NonFiniteGuard:
             not_finite = (~torch.isfinite(self.loss_sum)).float()
         asked = getattr(self.stop_requested, "asked", None)
         asked = asked() if asked is not None else [float(self.stop_requested())]
-        return [not_finite, *torch.tensor(asked, device=device)]
+        return [not_finite, *torch.tensor(asked).to(device, non_blocking=True)]  # no wait for the device's queue
 
     def _agree(self, asked: list[float]) -> bool:
         """Whether any process asked to stop, from the summed stop flags of `local_flags`."""

@@ -13,7 +13,6 @@ itself, as without it.
 
 from __future__ import annotations
 
-import os
 import select
 import subprocess
 import sys
@@ -49,7 +48,7 @@ class PlotWorker:
     def __init__(self, enabled: bool):
         self.process: subprocess.Popen | None = None
         self.asked: Path | None = None
-        if enabled and os.environ.get("ACCEL_TRAIN_PLOTS", "1") != "0" and find_spec("matplotlib") is not None:
+        if enabled and plots.wanted() and find_spec("matplotlib") is not None:
             try:
                 self.process = subprocess.Popen(
                     [sys.executable, "-c", HELPER, str(Path(__file__).parent)], stdin=subprocess.PIPE,

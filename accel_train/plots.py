@@ -192,10 +192,15 @@ def write_plots(run_dir: Path, out: Path | None = None, command: str = "plot") -
     return written
 
 
+def wanted() -> bool:
+    """Whether a run ends with its figures (not with ACCEL_TRAIN_PLOTS=0)."""
+    return os.environ.get("ACCEL_TRAIN_PLOTS", "1") != "0"
+
+
 def at_run_end(run_dir: Path, say) -> None:
     """The end of a run: the figures into RUN/plots/ (main process). Skipped with ACCEL_TRAIN_PLOTS=0, with a run
     that finished no epoch, and without matplotlib (the line says what to install)."""
-    if os.environ.get("ACCEL_TRAIN_PLOTS", "1") == "0":
+    if not wanted():
         return
     try:
         import matplotlib  # noqa: F401

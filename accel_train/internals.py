@@ -1,7 +1,7 @@
 """Every use of a private Accelerate or torch API, and every reliance on how they work inside, in one place.
 
-Written against accelerate 1.15.0 and torch 2.14.1. `missing()` lists what an installed version no longer has;
-tests/test_internals.py fails naming this module and the item when an upgrade removes one.
+Written against accelerate 1.15.0, torch 2.14.1 and CPython 3.11. `missing()` lists what an installed version no
+longer has; tests/test_internals.py fails naming this module and the item when an upgrade removes one.
 
     reset_accelerate_state   AcceleratorState._reset_state, GradientState._reset_state
     mark_prepared            DataLoader._is_accelerate_prepared (read by Accelerator.prepare)
@@ -15,6 +15,7 @@ tests/test_internals.py fails naming this module and the item when an upgrade re
     fused_devices            torch.utils._foreach_utils._get_fused_kernels_supported_devices
     captured_saves           save_state writes weights, optimizers, schedulers and registered objects through
                              accelerate.checkpointing.save (and only those)
+    run_exit_handlers        atexit._run_exitfuncs (CPython): what interpreter teardown runs first
 
 Set ACCEL_TRAIN_PATCH_ACCELERATE=0 to train with Accelerate's own optimizer wrapper, backward and clipping (bitwise
 the same, slower).
@@ -22,6 +23,7 @@ the same, slower).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -207,6 +209,14 @@ def captured_saves(snapshot: Callable[[Any], Any]) -> Iterator[list[Callable[[],
         checkpointing.save = original
 
 
+def run_exit_handlers() -> None:
+    """Run the atexit handlers now, as Python's own exit would before its teardown (`launch.leave`, which then
+    ends the process without that teardown); each runs once."""
+    import atexit
+
+    atexit._run_exitfuncs()
+
+
 def missing() -> list[str]:
     """The private names this module relies on that the installed accelerate or torch lacks."""
     import accelerate.checkpointing as checkpointing
@@ -233,5 +243,6 @@ def missing() -> list[str]:
         "save_state writes through accelerate.checkpointing.save": hasattr(checkpointing, "save") and all(
             "save(" in inspect.getsource(fn) for fn in (checkpointing.save_accelerator_state,
                                                         checkpointing.save_custom_state)),
+        "atexit._run_exitfuncs": hasattr(atexit, "_run_exitfuncs"),
     }
     return [name for name, present in checks.items() if not present]

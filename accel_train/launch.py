@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import NoReturn
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from . import speed
 from .config import TrainConfig
 from .errors import UserError
-from .internals import reset_accelerate_state
+from .internals import reset_accelerate_state, run_exit_handlers
 
 CPU_DDP_HINT = "accelerate launch --config_file launch_configs/cpu_ddp.yaml ..."
 
@@ -166,16 +167,38 @@ def shutdown(accelerator) -> None:
 
 
 def leave(code: int = 0) -> NoReturn:
-    """End a script (the command line, a launched script) with `code`; a successful run under a launcher ends
-    without Python's teardown.
+    """End the command line (or a script, after `fit`) with `code`, without Python's interpreter teardown.
 
-    Measured here (Python 3.11, torch 2.14, gloo, 2 processes): about 1 launch in 8 of a short script aborted in
-    interpreter teardown, after its work was written ("terminate called without an active exception": a core dump
-    shows gloo's worker thread freeing a finished collective's tensor while Python finalizes). `shutdown` has left
-    the process group and the run's files are closed by then; output is flushed here.
+    First it does what Python's own exit does before that teardown: it waits for the other threads that are not
+    daemons, runs the atexit handlers (trackers, loader workers, temporary folders) and flushes the output. Then
+    the process ends. Under a launcher, a failing rank exits the normal way instead: a fast exit would let the
+    launcher stop rank 0 before rank 0 reports.
+
+    Measured here (2-core CPU, Python 3.11, torch 2.14):
+
+    * the teardown frees every module and object one at a time. It took 1.75-1.85 s after an `accel-train train`
+      digits run, and 0.9 s after `import torch` alone. A plain script pays this too;
+    * under a launcher with gloo and 2 processes, about 1 launch in 8 of a short script aborted in the teardown,
+      after its work was written ("terminate called without an active exception": a core dump shows gloo's worker
+      thread freeing a finished collective's tensor while Python finalizes). `shutdown` has left the process group
+      by then.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        os._exit(0)
-    sys.exit(code)  # a failing rank leaves as before: a fast exit lets the launcher stop rank 0 before it reports
+    code = int(code or 0)
+    if code != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _flush()
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    run_exit_handlers()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass

@@ -39,4 +39,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
-    leave(0)  # under a launcher: end without Python's teardown (see accel_train.launch.leave)
+    leave(0)  # end without Python's teardown, 1-2 s after a run (see accel_train.launch.leave)

@@ -137,3 +137,33 @@ def test_under_accel_train_launch_our_line_is_the_last_one(tmp_path):
     assert proc.returncode == 2 and "CalledProcessError" not in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("accel_train: error: unknown config key `bach_size`. Did you mean "
                                                    "`batch_size`? Run with --help to list the valid keys.")
+
+
+LEAVE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from accel_train.launch import leave
+
+out = Path(sys.argv[1])
+
+
+class Teardown:  # freed only by Python's teardown, which leave skips
+    def __del__(self, out=out):
+        (out / "teardown").write_text("ran")
+
+
+kept = Teardown()
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+print("buffered", end="")  # no newline: flushed by leave, not by the line buffer
+leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_leave_does_what_exit_does_first_then_skips_the_teardown(tmp_path, code):
+    """leave: the other threads finish, atexit handlers run, output is flushed, the exit code holds; the teardown
+    (the 1-2 s that frees every module and object) does not run."""
+    proc = run_python(["-c", LEAVE, str(tmp_path), str(code)])
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, "buffered", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit", "thread"]

@@ -34,6 +34,8 @@ class Meter:
 
     def totals(self) -> list[float]:
         """(loss, units, samples) summed over processes: one host read."""
+        if self.accelerator.num_processes == 1 and not isinstance(self.units, torch.Tensor):  # counts on the host
+            return [self.loss.item(), float(self.units), float(self.samples)]  # no stack for an all-reduce
         totals = torch.stack([self.loss, torch.as_tensor(self.units, device=self.loss.device).double(),
                               torch.tensor(float(self.samples), device=self.loss.device, dtype=torch.float64)])
         if self.accelerator.num_processes > 1:

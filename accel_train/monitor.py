@@ -22,6 +22,11 @@ from typing import Any
 
 import torch
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 MB = 2**20
 INPUT_BOUND = 0.5  # data waits above this share of step time: the loader dominates
 PEAK_TFLOPS = (  # dense peak per GPU (NVIDIA data sheets): name contains -> (bf16/fp16, tf32, fp32); first match
@@ -40,9 +45,7 @@ def memory(device: torch.device) -> dict[str, float]:
 def _peak_rss() -> float:
     """This process's peak resident memory in bytes: one system call (getrusage). psutil opens and parses /proc on
     every call: 115 us of a logging step, measured on a 2-core CPU."""
-    try:
-        import resource
-    except ImportError:  # Windows
+    if resource is None:  # Windows
         return _process(os.getpid()).memory_info().peak_wset
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere

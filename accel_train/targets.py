@@ -58,4 +58,7 @@ def as_classes(predictions: torch.Tensor, targets: torch.Tensor, kind: str) -> t
         return (predictions.reshape(targets.shape) > 0).long().flatten(), (targets > 0.5).long().flatten(), 2
     if kind == "soft":
         return predictions.argmax(-1), targets.argmax(-1), predictions.shape[-1]
-    return predictions.argmax(-1).flatten(), targets.long().flatten(), predictions.shape[-1]
+    predicted, true = predictions.argmax(-1), targets if targets.dtype == torch.long else targets.long()
+    if true.dim() != 1:  # [n, L] token targets; a batch of [n] needs no flatten (an op per call)
+        predicted, true = predicted.flatten(), true.flatten()
+    return predicted, true, predictions.shape[-1]

@@ -7,7 +7,8 @@ warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of Trai
 --nan-at-step S     the loss of optimizer step S is NaN (every micro-batch of its window, on every process)
 --inf-grad-rank R   with --nan-at-step S: instead, only process R gets an inf gradient at step S
 --start-when PATH   before fit, touch PATH.ready-<pid> and wait for PATH to exist (two runs started at once)
---fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0)
+--fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0), once the
+                    checkpoint written in the background is complete
 --defer true        keep each step's non-finite and stop verdict on the device and read it a step later, as on a
                     GPU (the fused optimizer skips a non-finite update itself); the CPU reads it at once
 """
@@ -63,6 +64,7 @@ class Injector(nn.Module):
             wait_for_writes()  # the kill points name checkpoints; save_storm.py kills during background writes
             os.kill(os.getpid(), signal.SIGKILL)
         if self.opts.fill_disk_at_batch == seen and self.rank == 0:
+            wait_for_writes()  # the disk fills between checkpoints, not during the previous one's background write
             fill_disk(self.opts.fill_file)
         step = (seen - 1) // self.grad_accum + 1
         if self.opts.nan_at_step == step:

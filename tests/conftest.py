@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+from golden import kernels
+
+kernels.pin()  # torch's AVX2 kernels on every CPU that has them, for golden numbers that travel (golden/kernels.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

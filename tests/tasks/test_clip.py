@@ -78,8 +78,10 @@ def test_our_contrastive_loss_equals_clips_own_loss_and_gradients(tokenizer):
     assert ours.shape == (12,)
     ours.mean().backward()
     assert abs(ours.mean().item() - own.item()) <= 1e-6 and own.item() > 1.0
-    for name, p in model.named_parameters():  # equal up to float32 rounding (gradients reach 5.7 here)
-        assert (p.grad - own_grads[name]).abs().max() <= 1e-6 * max(1.0, own_grads[name].abs().max()), name
+    # Equal up to float32 rounding (gradients reach 5.7 here): at most 1.4e-6 of the largest gradient on AVX-512
+    # kernels, below 1e-6 on AVX2; a wrong loss is off by far more.
+    for name, p in model.named_parameters():
+        assert (p.grad - own_grads[name]).abs().max() <= 1e-5 * max(1.0, own_grads[name].abs().max()), name
 
 
 def test_temperature_is_learned_and_clamped_as_clip_does(tokenizer):

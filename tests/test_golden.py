@@ -50,8 +50,8 @@ def test_compare_asks_for_the_same_bits_on_the_same_kernels_and_1e4_on_others(mo
     for changed in (off, heavier):
         with pytest.raises(AssertionError), pytest.warns(UserWarning):
             compare("digits", changed)
+    resnet = json.loads(path("cifar_resnet").read_text())
     with pytest.warns(UserWarning, match="4 losses"):  # the tiny-batch ResNet: its first 4 losses alone
-        resnet = json.loads(path("cifar_resnet").read_text())
         compare("cifar_resnet", {**resnet, "losses": [*resnet["losses"][:4], *[0.0] * 16]})
 
 

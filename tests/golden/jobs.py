@@ -97,30 +97,25 @@ def prepare(data: Path) -> dict[str, str]:
     return fake_cifar(data / "cifar")
 
 
-def weights_digest(run_dir: Path) -> str:
-    """SHA-256 over the final weights' names, dtypes, shapes and bytes, in name order."""
+def weights_figures(run_dir: Path) -> dict:
+    """The final weights' SHA-256 (over names, dtypes, shapes and bytes, in name order) and their L2 norm, all of
+    them together, in float64."""
     from safetensors.torch import load_file
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(load_file(str(run_dir / "model.safetensors")).items()):
+    weights = load_file(str(run_dir / "model.safetensors"))
+    digest, squares = hashlib.sha256(), 0.0
+    for name, tensor in sorted(weights.items()):
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weights_norm(run_dir: Path) -> float:
-    """The L2 norm of all final weights together, in float64."""
-    from safetensors.torch import load_file
-
-    return math.sqrt(sum(float(t.double().square().sum()) for t in load_file(str(run_dir / "model.safetensors")).values()))
+        squares += float(tensor.double().square().sum())
+    return {"weights_sha256": digest.hexdigest(), "weights_norm": math.sqrt(squares)}
 
 
 def result(run_dir: Path) -> dict:
     """The run's per-step training losses, the digest of its final weights and their norm."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = [r["train/loss"] for r in rows if r["kind"] == "step"]
-    return {"steps": [r["step"] for r in rows if r["kind"] == "step"], "losses": losses,
-            "weights_sha256": weights_digest(run_dir), "weights_norm": weights_norm(run_dir)}
+    return {"steps": [r["step"] for r in rows if r["kind"] == "step"], "losses": losses, **weights_figures(run_dir)}
 
 
 TOLERANCE = 1e-4  # relative, on other kernels: at most 3e-7 measured for the stable jobs (AVX-512 against AVX2)

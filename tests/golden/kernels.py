@@ -11,6 +11,7 @@ the kernels the golden jobs use, so that a golden file says which kernels wrote 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -27,6 +28,7 @@ def pin() -> None:
         os.environ.setdefault(key, value)
 
 
+@functools.cache  # the same in a whole process: the kernels are chosen once, when torch is imported
 def fingerprint() -> str:
     """SHA-256 (16 hex digits) of a fixed fp32 forward, backward and fused AdamW step through convolution, batch
     norm, matrix products, layer norm, embeddings, attention and GELU, on one thread."""

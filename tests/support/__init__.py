@@ -45,6 +45,13 @@ def run_python(args: list[str], timeout: int = 300, env: dict[str, str] | None =
                           env=env or clean_env(), cwd=cwd or REPO)
 
 
+def printed_errors(stderr: str) -> list[str]:
+    """The `accel_train: error:` lines the processes printed. accelerate 1.16's one-process launcher also quotes the
+    tail of the process's stderr in its own traceback (`RuntimeError: accel_train: error: ...`): that echo is the
+    launcher's, not a second message, so only lines that start with the prefix count."""
+    return [line for line in stderr.splitlines() if line.startswith("accel_train: error:")]
+
+
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
     return proc

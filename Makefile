@@ -9,10 +9,16 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 # pip resolves torch/torchvision like any other dependency; on a machine with a local wheel cache it stays offline.
-$(STAMP): pyproject.toml
+# CONSTRAINTS pins every package to the version the whole suite last passed with (a dependency's new release
+# changed what the suite saw between two runs of one commit). `make venv CONSTRAINTS=` installs the newest within
+# pyproject.toml's ranges; once `make test` passes there, `$(BIN)/python -m pip freeze --exclude-editable >
+# tests/constraints.txt` moves the pins.
+CONSTRAINTS ?= tests/constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -120,8 +120,11 @@ def result(run_dir: Path) -> dict:
 
 TOLERANCE = 1e-4  # relative, on other kernels: at most 3e-7 measured for the stable jobs (AVX-512 against AVX2)
 # The tiny-batch ResNet (batch norm over 8 images) turns last-bit differences into 1e-3 by its 5th step and 3e-2 by
-# its 20th on other kernels: only its first 4 losses are compared there, and not its weights.
-STABLE_STEPS = {"cifar_resnet": 4}
+# its 20th on other kernels: only its first 4 losses are compared there, and not its weights. The 2-process digits
+# job (batch 16 a process) takes one of two paths at its 10th step: on an AMD EPYC its losses match the file's to
+# 1.1e-7 for 9 steps, then differ by 6.6e-6 at the 10th and 7e-4 at the 20th (and ATen's default kernels there give
+# the file's path again): only its first 9 are compared on other kernels, and not its weights.
+STABLE_STEPS = {"cifar_resnet": 4, "digits_ddp": 9}
 
 
 def compare(name: str, got: dict) -> None:

@@ -2,15 +2,15 @@
 (`accel-train launch torchrun ARGS`: the same for `torchrun ARGS`).
 
 Schedulers stop a job by signalling the process they started (Kubernetes: SIGTERM, then SIGKILL after a grace
-period; SLURM `--signal`). Sent to `accelerate launch` itself, the signal goes wrong: torch's elastic agent
-(several processes) forwards it to the training processes, which checkpoint and exit 0, but then exits 1 with a
-`SignalException` traceback whatever they did; the one-process launcher dies at once and leaves its training
-process running, unsignalled (before accelerate 1.16), or forwards it, kills the process if it is alive 5 s later
-and exits 143 (1.16: measured, exit 143 after a clean checkpoint). This parent starts `accelerate launch` in a session of its own, and on SIGTERM,
-SIGINT or SIGHUP sends SIGTERM to the training processes only (the launcher's children, not their DataLoader
-workers): each checkpoints at the next step boundary and exits 0 (see checkpoint.StopRequest), so the launcher
-exits 0 and so does this process. A second signal goes to the launcher itself (its own forced shutdown). If this
-parent is killed outright, the launcher gets SIGTERM from the kernel (Linux: PR_SET_PDEATHSIG).
+period; SLURM `--signal`). Sent to `accelerate launch` itself, the signal goes wrong: torch's elastic agent (several
+processes) forwards it to the training processes, which checkpoint and exit 0, but then exits 1 with a
+`SignalException` traceback whatever they did; the one-process launcher dies at once and leaves its training process
+running, unsignalled (before accelerate 1.16), or forwards it, kills the process if it is alive 5 s later and exits
+143 even after a clean checkpoint (1.16, measured). This parent starts `accelerate launch` in a session of its own,
+and on SIGTERM, SIGINT or SIGHUP sends SIGTERM to the training processes only (the launcher's children, not their
+DataLoader workers): each checkpoints at the next step boundary and exits 0 (see checkpoint.StopRequest), so the
+launcher exits 0 and so does this process. A second signal goes to the launcher itself (its own forced shutdown). If
+this parent is killed outright, the launcher gets SIGTERM from the kernel (Linux: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ class Recorder(nn.Module):
 if __name__ == "__main__":
     defaults = ["--optimizer", "adamw", "--lr", "0.05", "--scheduler", "cosine_warmup", "--warmup-steps", "2",
                 "--grad-accum", "2", "--batch-size", "4", "--max-steps", "12", "--checkpoint-every", "3",
-                "--log-every", "1", "--progress", "false"]
+                "--log-every", "1", "--progress", "false",
+                "--num-threads", "1"]  # as resume_job.py: bitwise equality needs one thread count in every run
     cfg, opts = parse_config(defaults + __import__("sys").argv[1:], options=Options)
     with exit_on_user_error():
         fit(Recorder(opts.ids_dir), stream(opts.stream), config=cfg, task=Task("cross_entropy", ["accuracy"]))

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from accel_train import read_metrics, read_summary
 from accel_train.checkpoint import Checkpointer
-from support import CONFIGS, REPO, SCRIPTS, check, clean_env, run_python
+from support import CONFIGS, REPO, SCRIPTS, check, clean_env, printed_errors, run_python
 
 pytestmark = pytest.mark.multiprocess
 
@@ -163,7 +163,7 @@ def _fault_then_resume(machines: Machines, reference: Path, tmp_path: Path, faul
         assert procs[machine].returncode == 2, err[-3000:]
         assert elapsed < BOUND, f"{elapsed:.1f} s"
         assert "Traceback" not in err, err[-4000:]
-        lines = [line for line in err.splitlines() if line.startswith("accel_train: error:")]
+        lines = printed_errors(err)
         assert len(lines) == 1 and lines[0].startswith(prefix), (lines, prefix)
         latest = Checkpointer(run).latest()
         assert latest is not None and f"The newest complete checkpoint is {latest} (step " in lines[0]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .errors import UserError
-from .internals import full_precision, gradient_divisor, scale_tensors_
+from .internals import full_dtype, gradient_divisor, scale_tensors_
 
 
 class NonFiniteError(UserError):
@@ -220,7 +220,7 @@ class GradientWindow:
         self.accelerator = accelerator
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
-        self.full = full_precision(self.params)  # fp32/fp64 gradients: scaled by a 0-d tensor on the CPU
+        self.dtype = full_dtype(self.params)  # fp32 or fp64 gradients: scaled by a 0-d tensor on the CPU
         self.max_grad_norm, self.clip_value = max_grad_norm, clip_value
         self.guard = guard or NonFiniteGuard()
         self.check_unused = UnusedParameterCheck(named, allow_unused)
@@ -266,7 +266,7 @@ class GradientWindow:
             totals = self.accelerator.reduce(totals, reduction="sum")
             units, flags = totals[0].clamp(min=1), totals[1:]
         if self.sums_loss and grads:
-            scale_tensors_(grads, gradient_divisor(self.accelerator) / units, self.full)
+            scale_tensors_(grads, gradient_divisor(self.accelerator) / units, self.dtype)
         scaler = self.accelerator.scaler  # fp16: gradients are scaled by the GradScaler's factor until unscaled
         if self.max_grad_norm:
             self.norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)  # unscales first

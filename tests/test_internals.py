@@ -60,15 +60,16 @@ def test_internals_are_documented_in_the_module_docstring(name):
     assert name in internals.__doc__
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
-def test_scaling_by_a_number_gives_torchs_own_products_bit_for_bit(dtype):
+@pytest.mark.parametrize("dtypes", ["float32", "float64", "bfloat16", "float32,float64,float32"])
+def test_scaling_by_a_number_gives_torchs_own_products_bit_for_bit(dtypes):
     """scale_tensors_ passes a number on the CPU as a 0-d tensor (faster) only where the products stay the same."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
+    dtypes = [getattr(torch, name) for name in dtypes.split(",")] * 3
     for units in (1, 3, 7, 32, 1000, 4093):
-        tensors = [torch.randn(n, generator=generator, dtype=getattr(torch, dtype)) * 10.0 ** e
-                   for n, e in ((5, -4), (3000, 0), (17, 3))]
+        tensors = [torch.randn(n, generator=generator, dtype=dtype) * 10.0 ** e
+                   for (n, e), dtype in zip(((5, -4), (3000, 0), (17, 3)), dtypes)]
         expected = [t.clone() for t in tensors]
         torch._foreach_mul_(expected, 1 / units)
         internals.scale_tensors_(tensors, 1 / units)

@@ -74,7 +74,7 @@ def full_dtype(tensors: list[torch.Tensor]) -> torch.dtype | None:
 
 @functools.lru_cache(maxsize=64)
 def _cpu_scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(value, dtype=dtype)  # read only: shared by every call with this value
+    return torch.tensor(value, dtype=dtype, device="cpu")  # read only: shared by every call with this value
 
 
 _FIND = object()

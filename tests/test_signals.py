@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from accel_train import read_metrics, read_summary
+from accel_train.checkpoint import StopRequest
 from support import BIN, CONFIGS, SCRIPTS, check, clean_env, free_port, launch, REPO
 
 JOB = str(SCRIPTS / "resume_job.py")
@@ -83,9 +84,10 @@ def test_sigterm_to_accel_train_launch_stops_two_processes_cleanly(tmp_path, dig
 def test_sigterm_to_one_process_is_named_by_both(tmp_path, digits_file, defer):
     """SIGTERM to rank 1 alone (a scheduler signals each machine in turn; rank 0's has not arrived): both processes
     stop at the same step, and rank 0, which writes the summary and the resume line, names SIGTERM too. The stop
-    request travels in the step's all-reduce, read at once (the CPU) or a step later (as on a GPU)."""
+    request travels in the step's all-reduce, read at once (the CPU) or a step later (as on a GPU). Rank 0's own
+    SIGTERM comes once fit has returned (`--late-signal`): it is taken as answered, and the job still exits 0."""
     run = _stop_mid_run(tmp_path, digits_file, "accelerate-launch-2", to_children=True, only_rank=1,
-                        extra=("--defer", defer))
+                        extra=("--defer", defer, "--late-signal", "true"))
     _resume(run, digits_file, 2)
 
 
@@ -126,3 +128,27 @@ def test_sigterm_to_both_machines_stops_them_cleanly_and_resumes(tmp_path, digit
         f"stopped by SIGTERM after step {steps}: checkpoint {run}/checkpoints/step_{steps:07d}. "
         f"Resume with --resume auto --output-dir {run}"]
     _resume(run, digits_file, 2)
+
+
+def test_a_late_own_signal_after_another_process_named_the_stop_is_absorbed_once():
+    """In one process: a stop named by another process's SIGTERM (the summed flags), then this process's own
+    SIGTERM after the run: absorbed, and the handlers from before come back for the next one. A stop on this
+    process's own signal puts them back at once."""
+    seen: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, frame: seen.append(signum)) for sig in StopRequest.SIGNALS}
+    try:
+        with StopRequest() as stop:
+            assert stop.agree([1.0, 0.0, 0.0])
+        assert stop.reason() == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # the late one
+        os.kill(os.getpid(), signal.SIGTERM)  # asked again: the handler from before
+        assert seen == [signal.SIGTERM]
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.agree(stop.asked())
+        assert stop.reason() == "SIGINT"
+        os.kill(os.getpid(), signal.SIGINT)
+        assert seen == [signal.SIGTERM, signal.SIGINT]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -9,6 +9,8 @@ warm-up + cosine, accumulation 2, a checkpoint every 3 steps; every flag of Trai
 --start-when PATH   before fit, touch PATH.ready-<pid> and wait for PATH to exist (two runs started at once)
 --fill-disk-at-batch N  fill the disk holding the run folder when the N-th micro-batch starts (rank 0), once the
                     checkpoint written in the background is complete
+--late-signal true  after fit, rank 0 sends itself SIGTERM: the signal a scheduler sends each machine in turn,
+                    arriving once the run has stopped on another machine's (the process still exits 0)
 --defer true        keep each step's non-finite and stop verdict on the device and read it a step later, as on a
                     GPU (the fused optimizer skips a non-finite update itself); the CPU reads it at once
 """
@@ -41,6 +43,7 @@ class Options:
     fill_disk_at_batch: int | None = None
     fill_file: str | None = None  # the file that fills the disk (on the run folder's filesystem)
     defer: bool = False
+    late_signal: bool = False
 
 
 class Injector(nn.Module):
@@ -114,4 +117,6 @@ if __name__ == "__main__":
     with exit_on_user_error():  # a refusal or fault: one line, exit 2
         fit(model, data, val, config=cfg, task=Task("cross_entropy", ["accuracy"]))
     assert bool(asked) == opts.defer
+    if opts.late_signal and int(os.environ.get("RANK", "0")) == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
     leave(0)  # a launched script ends without Python's teardown (see accel_train.launch.leave)

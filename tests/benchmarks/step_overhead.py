@@ -67,15 +67,17 @@ class Recorded(Task):
         return out
 
 
-def build(job: str, epochs: int, out: Path):
+def build(job: str, epochs: int, out: Path, extra: tuple[str, ...] = ()):
     flags = ["--epochs", str(epochs), "--output-dir", str(out), "--num-threads", str(torch.get_num_threads())]
-    cfg, spec = parse_config([*job_args(job), *flags], options=Job)
+    cfg, spec = parse_config([*job_args(job), *flags, *extra], options=Job)
     set_seed(cfg.seed)  # as `accel-train train`: the initial weights depend on the seed only
     return cfg, spec.build(cfg.seed)
 
 
-def run_accel_train(job: str, epochs: int, out: Path) -> tuple[list[torch.Tensor], list[float], int]:
-    cfg, parts = build(job, epochs, out)
+def run_accel_train(job: str, epochs: int, out: Path, extra: tuple[str, ...] = ()
+                    ) -> tuple[list[torch.Tensor], list[float], int]:
+    """`extra`: more `accel-train train` words for accel_train's run only (a default turned off, say)."""
+    cfg, parts = build(job, epochs, out, extra)
     losses: list[torch.Tensor] = []
     with StepClock() as clock:
         fit(parts.model, parts.train_data, parts.eval_data, config=cfg, task=Recorded(parts.task, losses),
@@ -122,7 +124,8 @@ def run_twin(job: str, epochs: int, out: Path) -> tuple[list[torch.Tensor], list
     return losses, clock.step_times(len(loader)), len(loader)
 
 
-def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: int = 1) -> dict:
+def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: int = 1,
+            accel_args: tuple[str, ...] = ()) -> dict:
     """Interleaved runs on `threads` threads; per run the median step time of each; the losses of every pair
     compared bitwise."""
     twin_medians, accel_medians, twin_fast, accel_fast, equal = [], [], [], [], True
@@ -132,7 +135,7 @@ def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: i
         with tempfile.TemporaryDirectory() as tmp:
             for run in range(runs):
                 twin_losses, twin_times, per_epoch = run_twin(job, epochs, Path(tmp) / f"twin{run}")
-                accel_losses, accel_times, _ = run_accel_train(job, epochs, Path(tmp) / f"accel{run}")
+                accel_losses, accel_times, _ = run_accel_train(job, epochs, Path(tmp) / f"accel{run}", accel_args)
                 accel_losses = [losses.sum() for losses in accel_losses]  # the op `Output.total` runs
                 equal = equal and len(twin_losses) == len(accel_losses) and torch.equal(
                     torch.stack(twin_losses), torch.stack(accel_losses))
@@ -143,7 +146,8 @@ def measure(job: str = "small_steps", epochs: int = 5, runs: int = 3, threads: i
     finally:
         torch.set_num_threads(before)
     twin, accel = statistics.median(twin_medians), statistics.median(accel_medians)
-    return {"job": job, "epochs": epochs, "runs": runs, "steps": len(twin_losses), "steps_per_epoch": per_epoch,
+    return {"job": job, "accel_args": list(accel_args), "epochs": epochs, "runs": runs, "steps": len(twin_losses),
+            "steps_per_epoch": per_epoch,
             "losses_bitwise_equal": equal, "twin_step_s": twin, "accel_train_step_s": accel,
             "overhead_s": accel - twin, "overhead_ratio": accel / twin, "bound_s": 1.02 * twin + 100e-6,
             "within_target": accel <= 1.02 * twin + 100e-6, "twin_medians_s": twin_medians,
@@ -158,8 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
+    parser.add_argument("--accel-args", default="", help="more `accel-train train` words for accel_train's runs "
+                        "only, as one string (for example '--progress false': a default turned off)")
     args = parser.parse_args(argv)
-    figures = measure(args.job, args.epochs, args.runs, args.threads)
+    figures = measure(args.job, args.epochs, args.runs, args.threads, tuple(args.accel_args.split()))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
     print(report(figures))
@@ -168,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(f: dict) -> str:
     verdict = "within" if f["within_target"] else "MISSES"
-    return (f"{f['job']}: {f['runs']} interleaved runs of {f['epochs']} epochs x {f['steps_per_epoch']} steps, "
+    changed = f" (accel_train with {' '.join(f['accel_args'])})" if f.get("accel_args") else ""
+    return (f"{f['job']}{changed}: {f['runs']} interleaved runs of {f['epochs']} epochs x {f['steps_per_epoch']} "
+            f"steps, "
             f"median step: twin {f['twin_step_s'] * 1e3:.3f} ms, accel_train {f['accel_train_step_s'] * 1e3:.3f} ms "
             f"({f['overhead_s'] * 1e6:+.0f} us, {f['overhead_ratio']:.3f}x); bound 1.02 x twin + 100 us = "
             f"{f['bound_s'] * 1e3:.3f} ms: {verdict} the target; 10th percentile: twin {f['twin_p10_s'] * 1e3:.3f} ms, "
